@@ -1,0 +1,207 @@
+"""One typed config for a training run. Its fields ARE the CLI flags of `tilt train` (litgpt style).
+
+Precedence: dataclass defaults < YAML file (--config) < command-line flags.
+Both spellings are accepted (`--learning-rate` and `--learning_rate`), plus TRL's names listed in ALIASES.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration: reported as one clear line, never a traceback."""
+
+
+@dataclass
+class TrainConfig:
+    # --- what to train, on what, where to write
+    model: Optional[str] = None  # local HF model folder or a .gguf file
+    data: Optional[str] = None  # JSONL / JSON / Parquet / CSV file, or a saved HF `datasets` folder
+    output_dir: Optional[str] = None
+    eval_data: Optional[str] = None  # held-out pairs; evaluated every eval_steps and at the end
+    eval_split: float = 0.0  # if > 0 and no eval_data: hold out this fraction of `data` (seeded)
+    ref_model: Optional[str] = None  # default: a frozen copy of `model` (the only correct choice for DPO)
+    trust_remote_code: bool = False
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (log-prob sums are always fp32)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    # --- the preference loss
+    beta: float = 0.1
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # one or several (summed with loss_weights)
+    loss_weights: Optional[list[float]] = None
+    label_smoothing: float = 0.0  # cDPO / robust / exo_pair epsilon
+    simpo_gamma: float = 0.5  # SimPO target margin (gamma / beta ratio is TRL's `simpo_gamma`)
+    discopop_tau: float = 0.05
+
+    # --- optimisation
+    learning_rate: float = 1e-6
+    lr_scheduler_type: str = "linear"  # linear | cosine | constant
+    warmup_ratio: float = 0.0
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    per_device_train_batch_size: int = 4
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    seed: int = 42
+
+    # --- tokenisation
+    max_length: int = 1024  # prompt + completion tokens per sequence; longer pairs are truncated (keep the start)
+    max_prompt_length: Optional[int] = None
+    prompt_delimiter: Optional[str] = None  # implicit-prompt split marker; default: auto ("\n\nAssistant:")
+    skip_invalid: bool = False  # train on the valid rows and write the rest to OUTPUT_DIR/skipped.jsonl
+
+    # --- speed (each exact; switches exist so the benchmark can attribute each gain)
+    precompute_ref_log_probs: bool = True  # cache reference log-probs once; the reference model is then freed
+    ref_cache_dir: Optional[str] = None  # default: ~/.cache/tiltlm/ref
+    prefix_sharing: bool = True  # prompt || chosen || rejected in one row, prompt computed once
+    packing: bool = False  # several pairs per row, no padding (batch = token budget)
+    max_tokens_per_batch: int = 4096  # token budget of one packed micro-batch
+    chunked_logps: bool = True  # log-probs from hidden states in chunks, full logits never materialised
+    logps_chunk_size: int = 1024  # tokens per LM-head chunk
+
+    # --- logging, eval, checkpoints
+    logging_steps: int = 1
+    eval_steps: int = 0  # 0 = evaluate at the end only
+    save_steps: int = 0  # 0 = no intermediate checkpoints
+    save_total_limit: int = 2
+    resume: Optional[str] = None  # auto | PATH to a checkpoint
+    overwrite_output_dir: bool = False
+    report_to: str = "none"  # none | tensorboard
+    doctor: bool = True  # live failure-mode checks (see README "The DPO doctor")
+    max_nonfinite_steps: int = 3  # stop after this many consecutive non-finite steps
+    progress: bool = True
+
+    # ------------------------------------------------------------------------------------------------
+    def validate(self) -> "TrainConfig":
+        from .losses import LOSSES  # local import: losses imports torch only
+
+        if isinstance(self.loss_type, str):
+            self.loss_type = [s.strip() for s in self.loss_type.split(",") if s.strip()]
+        for name in self.loss_type:
+            if name not in LOSSES:
+                raise ConfigError(f"unknown loss_type {name!r}{_suggest(name, LOSSES)}; known: {', '.join(LOSSES)}")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ConfigError(
+                f"loss_weights has {len(self.loss_weights)} values but loss_type has {len(self.loss_type)}"
+            )
+        if self.beta <= 0:
+            raise ConfigError(f"beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "max_length", "logging_steps", "logps_chunk_size", "max_tokens_per_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_scheduler_type not in ("linear", "cosine", "constant"):
+            raise ConfigError(f"lr_scheduler_type must be linear, cosine or constant, got {self.lr_scheduler_type!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.report_to not in ("none", "tensorboard"):
+            raise ConfigError(f"report_to must be none or tensorboard, got {self.report_to!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# TRL / HF spellings accepted as synonyms, so a TRL command line or YAML works unchanged.
+ALIASES = {
+    "model_name_or_path": "model",
+    "dataset_name": "data",
+    "dataset_path": "data",
+    "train_file": "data",
+    "eval_dataset_name": "eval_data",
+    "eval_file": "eval_data",
+    "ref_model_name_or_path": "ref_model",
+    "torch_dtype": "dtype",
+    "resume_from_checkpoint": "resume",
+    "padding_free": "packing",
+}
+
+
+def _suggest(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def canonical_key(key: str) -> str:
+    """Map a user-given key (dashes or underscores, TRL alias) to a TrainConfig field name, or raise."""
+    k = key.strip().lstrip("-").replace("-", "_")
+    k = ALIASES.get(k, k)
+    names = {f.name for f in fields(TrainConfig)}
+    if k not in names:
+        raise ConfigError(f"unknown option {key!r}{_suggest(k, names | set(ALIASES))}")
+    return k
+
+
+def _field_types() -> dict[str, Any]:
+    return get_type_hints(TrainConfig)
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert a YAML/CLI value to the field's declared type with a clear error."""
+    typ = _field_types()[name]
+    if get_origin(typ) is not None and type(None) in get_args(typ):  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        typ = next(a for a in get_args(typ) if a is not type(None))
+    try:
+        if get_origin(typ) is list:
+            (inner,) = get_args(typ)
+            items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+            return [inner(x.strip()) if isinstance(x, str) else inner(x) for x in items if str(x).strip() != ""]
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            s = str(value).lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if typ is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if typ is int and isinstance(value, str):
+            return int(float(value)) if "e" in value.lower() else int(value)
+        return typ(value)
+    except (TypeError, ValueError):
+        tname = getattr(typ, "__name__", str(typ))
+        raise ConfigError(f"option {name!r} expects {tname}, got {value!r}") from None
+
+
+def load_config(config_file: Optional[str] = None, overrides: Optional[dict[str, Any]] = None) -> TrainConfig:
+    """Build a validated TrainConfig from an optional YAML file and a dict of overrides (CLI flags)."""
+    values: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {config_file}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{config_file}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{config_file}: expected a mapping of option: value")
+        for k, v in raw.items():
+            try:
+                name = canonical_key(str(k))
+            except ConfigError as e:
+                raise ConfigError(f"{config_file}: {e}") from None
+            values[name] = coerce(name, v)
+    for k, v in (overrides or {}).items():
+        name = canonical_key(k)
+        values[name] = coerce(name, v)
+    return TrainConfig(**values).validate()

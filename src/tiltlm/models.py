@@ -1,0 +1,88 @@
+"""Load a local Hugging Face causal LM (folder or .gguf file) and its tokenizer; fingerprint it for caches."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def split_model_path(path: str) -> tuple[str, Optional[str]]:
+    """'dir/model.gguf' -> ('dir', 'model.gguf'); a folder -> (folder, None). Errors are user mistakes."""
+    p = Path(path).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        return str(p.parent), p.name
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ConfigError(f"model folder {path} has no config.json (expected a Hugging Face model folder "
+                              "saved with save_pretrained, or a .gguf file)")
+        return str(p), None
+    if not p.exists():
+        raise ConfigError(f"model not found: {path} (tiltlm loads local folders and .gguf files only; "
+                          "nothing is downloaded)")
+    raise ConfigError(f"model path {path} is neither a model folder nor a .gguf file")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+def load_tokenizer(path: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    folder, gguf = split_model_path(path)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf, trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:  # padding is always masked out; any id works, EOS is the convention
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, *, dtype: str = "float32", device: str | torch.device = "cpu",
+               trust_remote_code: bool = False, attn_implementation: str = "sdpa") -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    folder, gguf = split_model_path(path)
+    kwargs = dict(gguf_file=gguf, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attn_implementation, **kwargs)
+    except ValueError as e:  # architectures without SDPA support
+        if "scaled_dot_product_attention" not in str(e):
+            raise
+        model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", **kwargs)
+    disable_dropout(model)
+    return model.to(device)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """DPO compares the policy with a frozen reference: dropout would make the two differ at step 0."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for name in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout"):
+        if isinstance(getattr(model.config, name, None), float):
+            setattr(model.config, name, 0.0)
+
+
+def fingerprint(path: str) -> str:
+    """Content hash of a model: config + weights (sha256 over file bytes). Used to key the reference cache."""
+    p = Path(path).expanduser()
+    files = [p] if p.is_file() else sorted(
+        f for f in p.iterdir() if f.suffix in (".json", ".safetensors", ".bin", ".gguf", ".model")
+        and not f.name.startswith("trainer_state"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()[:16]

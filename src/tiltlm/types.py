@@ -1,0 +1,77 @@
+"""The small set of data types every tiltlm module speaks.
+
+Data flows:  file rows -> PreferenceExample -> TokenizedPair -> (batching) -> PairLogps -> losses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+
+Messages = list[dict[str, Any]]
+Text = Union[str, Messages]
+
+
+@dataclass(frozen=True)
+class PreferenceExample:
+    """One preference pair after format normalisation, before tokenisation.
+
+    `prompt` is the shared context x; `chosen`/`rejected` are the two completions only
+    (for implicit-prompt data the shared prefix has already been split off).
+    Plain-text examples hold strings; conversational ones hold lists of {"role", "content"} messages.
+    """
+
+    index: int  # 0-based row index in the source file/dataset (stable id used everywhere: caches, reports)
+    source: str  # human-readable location, e.g. "data/train.jsonl:13"
+    prompt: Text
+    chosen: Text
+    rejected: Text
+    conversational: bool = False
+
+
+@dataclass
+class TokenizedPair:
+    """Token ids of one pair. `prompt_ids` are shared: full chosen sequence = prompt_ids + chosen_ids.
+
+    The ids are exactly the tokenisation of the full text (no BPE merge artefacts at the prompt/completion
+    boundary); specials (BOS / chat-template markers / EOS) are already included where they belong.
+    """
+
+    index: int
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    truncated: bool = False
+
+    @property
+    def chosen_len(self) -> int:
+        return len(self.prompt_ids) + len(self.chosen_ids)
+
+    @property
+    def rejected_len(self) -> int:
+        return len(self.prompt_ids) + len(self.rejected_ids)
+
+
+@dataclass
+class PairLogps:
+    """Per-pair sequence log-probs (sums over completion tokens) and completion token counts, all shape (B,)."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    chosen_tokens: torch.Tensor  # float counts
+    rejected_tokens: torch.Tensor
+
+    def detach(self) -> "PairLogps":
+        return PairLogps(self.chosen.detach(), self.rejected.detach(), self.chosen_tokens, self.rejected_tokens)
+
+
+@dataclass
+class LossOutput:
+    """What every loss function returns: per-pair losses and the implicit rewards it used, shape (B,)."""
+
+    losses: torch.Tensor
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
