@@ -37,7 +37,7 @@ class TrainConfig:
     loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # one or several (summed with loss_weights)
     loss_weights: Optional[list[float]] = None
     label_smoothing: float = 0.0  # cDPO / robust / exo_pair epsilon
-    simpo_gamma: float = 0.5  # SimPO target margin (gamma / beta ratio is TRL's `simpo_gamma`)
+    simpo_gamma: float = 0.5  # SimPO target reward margin gamma: loss = -logsigmoid(beta * delta - gamma)
     discopop_tau: float = 0.05
 
     # --- optimisation

@@ -24,6 +24,7 @@ class MetricWindow:
         self.len_diff: list[float] = []
         self.margins: list[float] = []
         self.grad_norms: list[float] = []  # one per optimizer step in the window (pre-clipping)
+        self.step_seconds: list[float] = []
 
     def merge(self, other: "MetricWindow") -> None:
         """Fold another window (e.g. one optimizer step's micro-batches) into this one."""
@@ -33,9 +34,12 @@ class MetricWindow:
         self.len_diff += other.len_diff
         self.margins += other.margins
         self.grad_norms += other.grad_norms
+        self.step_seconds += other.step_seconds
 
-    def note_grad_norm(self, value: float) -> None:
-        self.grad_norms.append(value)
+    def note_step(self, grad_norm: float, seconds: float) -> None:
+        """Per optimizer step: the pre-clipping gradient norm and the step's wall time (forward+backward+update)."""
+        self.grad_norms.append(grad_norm)
+        self.step_seconds.append(seconds)
 
     def _add(self, key: str, value: float) -> None:
         self.sums[key] = self.sums.get(key, 0.0) + value
@@ -77,6 +81,7 @@ class MetricWindow:
             out["len_diff_margin_corr"] = corr
         if self.grad_norms:
             out["grad_norm"] = sum(self.grad_norms) / len(self.grad_norms)
+            out["step_seconds"] = sum(self.step_seconds) / len(self.step_seconds)
         out["pairs"] = self.n
         return out
 

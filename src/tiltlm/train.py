@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import signal
+import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -124,7 +126,9 @@ def evaluate(s: Setup, hp: LossHParams) -> dict:
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
+    t_setup = time.perf_counter()
     s = setup(cfg, log=log)
+    log(f"setup took {time.perf_counter() - t_setup:.1f}s")
     cfg, run = s.cfg, s.run
     params = [p for p in s.policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
@@ -151,7 +155,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     s.policy.train()
     try:
         while state["step"] < total_steps and stop["signal"] is None:
-            step = state["step"]
+            step, t_step = state["step"], time.perf_counter()
             hp = LossHParams(beta=cfg.beta, label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma,
                              discopop_tau=cfg.discopop_tau, bco_delta=state["bco_sum"] / max(state["bco_n"], 1))
             pairs = step_pairs(s.train_pairs, step, pairs_per_step, cfg.seed)
@@ -183,10 +187,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
                     raise TrainingError(f"{consecutive_bad} consecutive non-finite steps at step {step + 1}: lower "
                                         "the learning rate, use float32, or check the pairs listed above")
             optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            with warnings.catch_warnings():  # a skipped first update makes torch warn about the call order
+                warnings.simplefilter("ignore", UserWarning)
+                scheduler.step()
             state["step"] += 1
             state["pairs_seen"] += len(pairs)
-            window.note_grad_norm(grad_norm)
+            window.note_step(grad_norm, time.perf_counter() - t_step)
             if state["step"] % cfg.logging_steps == 0 or state["step"] == total_steps:
                 last = {"step": state["step"], "epoch": state["pairs_seen"] / len(s.train_pairs),
                         "pairs_seen": state["pairs_seen"], **window.compute(),

@@ -1,0 +1,339 @@
+"""Preference losses as PURE functions: sequence log-probs in, per-pair losses and implicit rewards out.
+
+Every loss has the signature ``fn(policy, ref, hp) -> LossOutput`` where ``policy`` / ``ref`` are
+:class:`~tiltlm.types.PairLogps` (``.chosen`` / ``.rejected`` are SUMS of completion-token log-probs, shape (B,),
+``.chosen_tokens`` / ``.rejected_tokens`` the float token counts) and ``hp`` is a :class:`LossHParams`.
+Nothing here touches a model: the functions can be unit-tested on four numbers (see tests/test_losses.py).
+
+Notation used in the docstrings (all per pair):
+    lw = log pi(y_w|x) - log ref(y_w|x)      chosen log-ratio  ("logratio_w")
+    ll = log pi(y_l|x) - log ref(y_l|x)      rejected log-ratio
+    h  = lw - ll                             the DPO "logits" (difference of log-ratios)
+    nw, nl                                   completion token counts of y_w, y_l
+Semantics follow TRL's DPOTrainer (``loss_type`` names and formulas) unless a docstring says otherwise.
+All arithmetic is done in (at least) float32; log(sigmoid(x)) is always F.logsigmoid(x).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .types import LossOutput, PairLogps
+
+
+@dataclass(frozen=True)
+class LossHParams:
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    simpo_gamma: float = 0.5  # SimPO target reward margin gamma (in reward units, as TRL's simpo_gamma)
+    discopop_tau: float = 0.05
+    bco_delta: float = 0.0  # running mean of rewards for bco_pair (the caller tracks it)
+
+
+LossFn = Callable[[PairLogps, Optional[PairLogps], LossHParams], LossOutput]
+LOSSES: dict[str, LossFn] = {}
+REFERENCE_FREE: set[str] = {"simpo", "sft"}  # these ignore `ref`; it may be None
+
+
+def register(name: str) -> Callable[[LossFn], LossFn]:
+    """Decorator: add a loss function to the LOSSES registry under `name`."""
+
+    def deco(fn: LossFn) -> LossFn:
+        if name in LOSSES:
+            raise ValueError(f"loss {name!r} registered twice")
+        LOSSES[name] = fn
+        return fn
+
+    return deco
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _f(x: torch.Tensor) -> torch.Tensor:
+    """Upcast to at least float32 (float64 stays float64, for gradcheck)."""
+    x = torch.as_tensor(x)
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _tokens(n: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(n, device=like.device).to(like.dtype).clamp(min=1.0)
+
+
+def _logratios(policy: PairLogps, ref: Optional[PairLogps]) -> tuple[torch.Tensor, torch.Tensor]:
+    if ref is None:
+        raise ValueError("this loss needs reference log-probs (ref=None is only allowed for "
+                         f"{sorted(REFERENCE_FREE)})")
+    return _f(policy.chosen) - _f(ref.chosen), _f(policy.rejected) - _f(ref.rejected)
+
+
+def _dpo_rewards(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams):
+    """The DPO implicit rewards r = beta * log(pi/ref) (Rafailov et al. 2023, Sec. 5), detached."""
+    lw, ll = _logratios(policy, ref)
+    return lw, ll, (hp.beta * lw).detach(), (hp.beta * ll).detach()
+
+
+def _smoothed_logistic(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """-(1-eps) log sigma(x) - eps log sigma(-x): logistic loss with label smoothing eps (cDPO)."""
+    out = -F.logsigmoid(x)
+    if eps:
+        out = (1.0 - eps) * out - eps * F.logsigmoid(-x)
+    return out
+
+
+def _out(losses, cr, rr) -> LossOutput:
+    return LossOutput(losses=losses, chosen_rewards=cr, rejected_rewards=rr)
+
+
+# ------------------------------------------------------------------------------------------------ losses
+@register("sigmoid")
+def sigmoid_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> LossOutput:
+    """DPO: Rafailov et al. 2023, "Direct Preference Optimization", arXiv:2305.18290, Eq. 7.
+
+    loss = -log sigma(beta*h). With label_smoothing eps > 0 this is conservative DPO (cDPO, Mitchell 2023,
+    "A note on DPO with noisy preferences"): -(1-eps) log sigma(beta*h) - eps log sigma(-beta*h),
+    minimised at beta*h* = logit(1-eps) instead of +inf.
+    """
+    lw, ll, cr, rr = _dpo_rewards(policy, ref, hp)
+    # implicit rewards: r = beta * log(pi/ref) per response; the loss is a logistic loss on r_w - r_l
+    return _out(_smoothed_logistic(hp.beta * (lw - ll), hp.label_smoothing), cr, rr)
+
+
+@register("robust")
+def robust_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> LossOutput:
+    """Robust DPO (rDPO): Chowdhury, Kini & Natarajan 2024, "Provably Robust DPO", arXiv:2403.00409
+    (the de-biased rDPO loss, Sec. 3).
+
+    loss = [(1-eps) * (-log sigma(beta*h)) + eps * log sigma(-beta*h)] / (1 - 2 eps), an unbiased estimate of the
+    clean DPO loss when each label is flipped with probability eps. Note the + sign on the flipped term
+    (TRL: ``(clean - flipped) / (1 - 2 eps)`` with ``flipped = -eps * logsigmoid(-beta*h)``).
+    """
+    lw, ll, cr, rr = _dpo_rewards(policy, ref, hp)
+    eps = hp.label_smoothing
+    x = hp.beta * (lw - ll)
+    losses = ((1.0 - eps) * -F.logsigmoid(x) + eps * F.logsigmoid(-x)) / (1.0 - 2.0 * eps)
+    # implicit rewards: the DPO ones, beta * log(pi/ref)
+    return _out(losses, cr, rr)
+
+
+@register("hinge")
+def hinge_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> LossOutput:
+    """SLiC-HF: Zhao et al. 2023, "SLiC-HF: Sequence Likelihood Calibration with Human Feedback",
+    arXiv:2305.10425, the rank-calibration hinge of Eq. 1 (here on reference-corrected log-ratios, as TRL).
+
+    loss = relu(1 - beta*h): zero loss and zero gradient once the margin beta*h >= 1 (margin delta = 1/beta).
+    """
+    lw, ll, cr, rr = _dpo_rewards(policy, ref, hp)
+    # implicit rewards: the DPO ones, beta * log(pi/ref)
+    return _out(torch.relu(1.0 - hp.beta * (lw - ll)), cr, rr)
+
+
+@register("ipo")
+def ipo_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> LossOutput:
+    """IPO: Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human Preferences",
+    arXiv:2310.12036, Eq. 17 (beta plays the role of the paper's tau).
+
+    As TRL (confirmed there with the IPO authors) the log-ratios are LENGTH-NORMALISED:
+    h_n = lw/nw - ll/nl,  loss = (h_n - 1/(2 beta))^2. Minimum (0, zero gradient) at h_n = 1/(2 beta);
+    at step 0 (policy == ref) the loss is 1/(2 beta)^2 = 25 for beta = 0.1.
+    """
+    lw, ll, cr, rr = _dpo_rewards(policy, ref, hp)
+    h_n = lw / _tokens(policy.chosen_tokens, lw) - ll / _tokens(policy.rejected_tokens, ll)
+    # implicit rewards reported as TRL does: beta * (summed) log(pi/ref)
+    return _out((h_n - 1.0 / (2.0 * hp.beta)) ** 2, cr, rr)
+
+
+@register("sigmoid_norm")
+def sigmoid_norm_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> LossOutput:
+    """Length-normalised DPO: DPO Eq. 7 (Rafailov et al. 2023, arXiv:2305.18290) applied to per-token-mean
+    log-ratios, as in Tulu 3's length-normalised DPO (Lambert et al. 2024, arXiv:2411.15124).
+
+    loss = -log sigma(beta * (lw/nw - ll/nl)) (cDPO label smoothing applies as for `sigmoid`).
+    """
+    lw, ll = _logratios(policy, ref)
+    lw_n = lw / _tokens(policy.chosen_tokens, lw)
+    ll_n = ll / _tokens(policy.rejected_tokens, ll)
+    # implicit rewards: beta * per-token-mean log(pi/ref), the quantities the loss compares
+    return _out(_smoothed_logistic(hp.beta * (lw_n - ll_n), hp.label_smoothing),
+                (hp.beta * lw_n).detach(), (hp.beta * ll_n).detach())
+
+
+@register("simpo")
+def simpo_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> LossOutput:
+    """SimPO: Meng, Xia & Chen 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward",
+    arXiv:2405.14734, Eq. 6. Reference-free (`ref` is ignored and may be None).
+
+    loss = -log sigma(beta*logpi_w/nw - beta*logpi_l/nl - gamma), gamma = hp.simpo_gamma (reward units), with
+    label smoothing eps as TRL's CPO/SimPO: -(1-eps) log sigma(z) - eps log sigma(-z).
+    """
+    pw = _f(policy.chosen) / _tokens(policy.chosen_tokens, _f(policy.chosen))
+    pl = _f(policy.rejected) / _tokens(policy.rejected_tokens, _f(policy.rejected))
+    z = hp.beta * (pw - pl) - hp.simpo_gamma
+    # implicit rewards: beta * average per-token log-prob of each response (no reference)
+    return _out(_smoothed_logistic(z, hp.label_smoothing), (hp.beta * pw).detach(), (hp.beta * pl).detach())
+
+
+@register("sft")
+def sft_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> LossOutput:
+    """SFT / NLL on the chosen response, per token: loss = -logpi_w / nw. Reference-free.
+
+    Mixed with DPO it gives RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization",
+    arXiv:2404.19733, Eq. 1): loss_type = [sigmoid, sft], loss_weights = [1, alpha].
+    """
+    pw = _f(policy.chosen) / _tokens(policy.chosen_tokens, _f(policy.chosen))
+    pl = _f(policy.rejected) / _tokens(policy.rejected_tokens, _f(policy.rejected))
+    # no preference reward; report beta * per-token-mean log-probs so the metrics stay defined
+    return _out(-pw, (hp.beta * pw).detach(), (hp.beta * pl).detach())
+
+
+@register("exo_pair")
+def exo_pair_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> LossOutput:
+    """EXO (pairwise): Ji et al. 2024, "Towards Efficient Exact Optimization of Language Model Alignment",
+    arXiv:2402.00856, Eq. 16.
+
+    Reverse KL between the policy's pair distribution q = softmax(beta*[lw, ll]) = [sigma(x), sigma(-x)],
+    x = beta*h, and the smoothed label p = [1-eps, eps]:
+        loss = sigma(x) (log sigma(x) - log(1-eps)) + sigma(-x) (log sigma(-x) - log eps).
+    eps = label_smoothing, or 1e-3 when it is 0 (log 0 is undefined; the EXO paper's / older TRL's default).
+    Minimum 0 at sigma(x) = 1-eps. At x = 0: -ln2 - (ln(1-eps) + ln eps)/2.
+    """
+    lw, ll, cr, rr = _dpo_rewards(policy, ref, hp)
+    eps = hp.label_smoothing if hp.label_smoothing > 0 else 1e-3
+    x = hp.beta * (lw - ll)
+    losses = torch.sigmoid(x) * (F.logsigmoid(x) - math.log1p(-eps)) + torch.sigmoid(-x) * (
+        F.logsigmoid(-x) - math.log(eps))
+    # implicit rewards: the DPO ones, beta * log(pi/ref)
+    return _out(losses, cr, rr)
+
+
+@register("nca_pair")
+def nca_pair_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> LossOutput:
+    """NCA (pairwise): Chen et al. 2024, "Noise Contrastive Alignment of Language Models with Explicit Rewards",
+    arXiv:2402.05369 (the NCA loss for K=2 responses).
+
+    loss = -log sigma(r_w) - 0.5 log sigma(-r_w) - 0.5 log sigma(-r_l), r = beta*log(pi/ref). Acts on ABSOLUTE
+    rewards (pushes r_w up, not just the margin), so it resists the likelihood decrease of the chosen response.
+    """
+    lw, ll, cr, rr = _dpo_rewards(policy, ref, hp)
+    rw, rl = hp.beta * lw, hp.beta * ll
+    # implicit rewards: the DPO ones, beta * log(pi/ref)
+    return _out(-F.logsigmoid(rw) - 0.5 * F.logsigmoid(-rw) - 0.5 * F.logsigmoid(-rl), cr, rr)
+
+
+@register("bco_pair")
+def bco_pair_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> LossOutput:
+    """BCO (pairwise): Jung et al. 2024, "Binary Classifier Optimization for Large Language Model Alignment",
+    arXiv:2404.04656 (BCE loss with reward shift delta).
+
+    loss = -log sigma(r_w - delta) - log sigma(-(r_l - delta)), r = beta*log(pi/ref); delta = hp.bco_delta is the
+    running mean of the rewards, tracked by the caller (0 at step 0, giving 2 ln 2).
+    """
+    lw, ll, cr, rr = _dpo_rewards(policy, ref, hp)
+    d = hp.bco_delta
+    # implicit rewards: beta * log(pi/ref), each classified against the shift delta
+    return _out(-F.logsigmoid(hp.beta * lw - d) - F.logsigmoid(-(hp.beta * ll - d)), cr, rr)
+
+
+@register("apo_zero")
+def apo_zero_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> LossOutput:
+    """APO-zero: D'Oosterlinck et al. 2024, "Anchored Preference Optimization and Contrastive Revisions",
+    arXiv:2408.06266, Eq. 7. For chosen outputs better than the model's own:
+    loss = (1 - sigma(beta*lw)) + sigma(beta*ll)  (raise chosen likelihood, lower rejected). Step 0: 1.
+    """
+    lw, ll, cr, rr = _dpo_rewards(policy, ref, hp)
+    # implicit rewards: beta * log(pi/ref), anchored at 0 (the reference) separately per response
+    return _out((1.0 - torch.sigmoid(hp.beta * lw)) + torch.sigmoid(hp.beta * ll), cr, rr)
+
+
+@register("apo_down")
+def apo_down_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> LossOutput:
+    """APO-down: D'Oosterlinck et al. 2024, arXiv:2408.06266, Eq. 8. For chosen outputs worse than the model's:
+    loss = sigma(beta*lw) + (1 - sigma(beta*(lw - ll)))  (lower both, the rejected more). Step 0: 1.
+    """
+    lw, ll, cr, rr = _dpo_rewards(policy, ref, hp)
+    # implicit rewards: the DPO ones, beta * log(pi/ref)
+    return _out(torch.sigmoid(hp.beta * lw) + (1.0 - torch.sigmoid(hp.beta * (lw - ll))), cr, rr)
+
+
+@register("sppo_hard")
+def sppo_hard_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> LossOutput:
+    """SPPO (hard labels): Wu et al. 2024, "Self-Play Preference Optimization for Language Model Alignment",
+    arXiv:2405.00675, Eq. 4.7 of Algorithm 1 with P(y_w > y_l) = 1 for the winner and 0 for the loser:
+    loss = (lw - 1/(2 beta))^2 + (ll + 1/(2 beta))^2. Step 0: 2/(2 beta)^2 = 50 at beta = 0.1.
+    """
+    lw, ll, cr, rr = _dpo_rewards(policy, ref, hp)
+    t = 0.5 / hp.beta
+    # implicit rewards: beta * log(pi/ref), regressed to +1/2 (winner) and -1/2 (loser)
+    return _out((lw - t) ** 2 + (ll + t) ** 2, cr, rr)
+
+
+@register("discopop")
+def discopop_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> LossOutput:
+    """DiscoPOP / LRML: Chris Lu et al. 2024, "Discovering Preference Optimization Algorithms with and for
+    Large Language Models", arXiv:2406.08414, Eq. 5 (log-ratio modulated loss).
+
+    x = beta*h, w = sigma(x / tau): loss = (1 - w) * (-log sigma(x)) + w * exp(-x), tau = hp.discopop_tau.
+    Step 0: (ln 2 + 1) / 2.
+    """
+    lw, ll, cr, rr = _dpo_rewards(policy, ref, hp)
+    x = hp.beta * (lw - ll)
+    w = torch.sigmoid(x / hp.discopop_tau)
+    # implicit rewards: the DPO ones, beta * log(pi/ref)
+    return _out((1.0 - w) * -F.logsigmoid(x) + w * torch.exp(-x), cr, rr)
+
+
+# ------------------------------------------------------------------------------------------------ mixing
+def _unknown(name: str) -> ValueError:
+    close = difflib.get_close_matches(name, list(LOSSES), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ValueError(f"unknown loss_type {name!r}{hint}; known: {', '.join(LOSSES)}")
+
+
+def compute_loss(loss_types: list[str], weights: Optional[list[float]], policy: PairLogps,
+                 ref: Optional[PairLogps], hp: LossHParams) -> LossOutput:
+    """Weighted sum of registered losses, per pair.
+
+    `losses` = sum_i weights[i] * LOSSES[loss_types[i]](...).losses (weights default to 1.0 each).
+    Rewards come from the first preference loss in the list (not `sft`); if the list is only `sft`, they are
+    beta * per-token-mean policy log-probs. With more than one loss each component's per-pair loss is in
+    ``extras["loss/<name>"]``.
+    """
+    if isinstance(loss_types, str):
+        loss_types = [s.strip() for s in loss_types.split(",") if s.strip()]
+    if not loss_types:
+        raise ValueError("loss_types is empty")
+    for name in loss_types:
+        if name not in LOSSES:
+            raise _unknown(name)
+    if weights is None:
+        weights = [1.0] * len(loss_types)
+    if len(weights) != len(loss_types):
+        raise ValueError(f"{len(weights)} loss weights for {len(loss_types)} loss types")
+    if ref is None:
+        needs = [n for n in loss_types if n not in REFERENCE_FREE]
+        if needs:
+            raise ValueError(f"loss type(s) {needs} need reference log-probs but ref is None")
+
+    total = None
+    rewards_from: Optional[LossOutput] = None
+    extras: dict[str, torch.Tensor] = {}
+    for name, w in zip(loss_types, weights):
+        out = LOSSES[name](policy, ref, hp)
+        total = out.losses * float(w) if total is None else total + out.losses * float(w)
+        if rewards_from is None and name != "sft":
+            rewards_from = out
+        if len(loss_types) > 1:
+            extras[f"loss/{name}"] = out.losses
+        for k, v in out.extras.items():
+            extras.setdefault(k, v)
+    if rewards_from is None:  # only sft
+        rewards_from = LOSSES["sft"](policy, ref, hp)
+    return LossOutput(losses=total, chosen_rewards=rewards_from.chosen_rewards,
+                      rejected_rewards=rewards_from.rejected_rewards, extras=extras)
+
+
+__all__ = ["LossHParams", "LossFn", "LOSSES", "REFERENCE_FREE", "register", "compute_loss"]
