@@ -80,17 +80,23 @@ def tiny_model_dir(path, seed: int = 0, hidden: int = 32, layers: int = 2):
     return path
 
 
-def write_pairs(path, n: int = 24, seed: int = 0):
-    """Learnable plain-text pairs: chosen answers are polite, rejected ones rude (a clear token-level signal)."""
+def write_pairs(path, n: int = 24, seed: int = 0, swap: bool = False):
+    """Learnable plain-text pairs: chosen answers are polite, rejected ones rude (a clear token-level signal).
+
+    Every answer is 6 SmolLM2 tokens long, so the data carries no length bias for the doctor to flag.
+    `swap=True` writes the same pairs with chosen and rejected exchanged (inverted labels).
+    """
     import json
 
     rng = random.Random(seed)
     topics = ["the weather", "my homework", "a recipe", "the train", "my cat", "a movie", "the garden", "music"]
-    good = ["Happy to help with that.", "Sure, here is a kind answer.", "Of course, gladly."]
-    bad = ["No. Go away.", "Figure it out yourself.", "Whatever, not my problem."]
+    good = ["Happy to help with that.", "Sure, I can help.", "Of course, gladly."]
+    bad = ["Whatever, not my problem.", "No, do it alone.", "Not my job, sorry."]
     with open(path, "w") as f:
         for i in range(n):
             prompt = f"Question {i}: can you help me with {rng.choice(topics)}? Answer:"
-            f.write(json.dumps({"prompt": prompt, "chosen": " " + rng.choice(good),
-                                "rejected": " " + rng.choice(bad)}) + "\n")
+            chosen, rejected = " " + rng.choice(good), " " + rng.choice(bad)
+            if swap:
+                chosen, rejected = rejected, chosen
+            f.write(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}) + "\n")
     return path

@@ -190,13 +190,16 @@ class Doctor:
         frac = _num(stats, "chosen_longer_frac")
         if frac is None and isinstance(stats.get("train"), dict):
             frac = _num(stats["train"], "chosen_longer_frac")
+        rej_frac = _num(stats, "rejected_longer_frac")  # ties count as neither longer
+        if rej_frac is None and frac is not None:
+            rej_frac = 1 - frac
         mc, mr = _token_mean(stats, "chosen"), _token_mean(stats, "rejected")
         lens = f" (mean tokens chosen {mc:.0f} vs rejected {mr:.0f})" if mc and mr else ""
         if frac is not None and frac > t.length_chosen_longer_frac:
             msg = (f"chosen is longer than rejected in {frac:.0%} of pairs (> {t.length_chosen_longer_frac:.0%})"
                    f"{lens}: summed log-probs make LENGTH a learnable signal and the policy will grow verbose")
-        elif frac is not None and frac < 1 - t.length_chosen_longer_frac:
-            msg = (f"rejected is longer than chosen in {1 - frac:.0%} of pairs{lens}: DPO can learn 'shorter is "
+        elif frac is not None and rej_frac > t.length_chosen_longer_frac:
+            msg = (f"rejected is longer than chosen in {rej_frac:.0%} of pairs{lens}: DPO can learn 'shorter is "
                    f"better' instead of the preference")
         elif frac is None and mc and mr and max(mc / mr, mr / mc) > t.length_mean_ratio:
             msg = f"chosen and rejected lengths differ by more than {t.length_mean_ratio:g}x{lens}"

@@ -1,0 +1,133 @@
+"""Normalise raw rows in TRL's four preference formats into `PreferenceExample`s.
+
+standard/explicit         {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."}
+standard/implicit         {"chosen": "The sky is blue.", "rejected": "The sky is green."}
+conversational/explicit   {"prompt": [messages], "chosen": [assistant msg], "rejected": [assistant msg]}
+conversational/implicit   {"chosen": [full conversation], "rejected": [full conversation]}
+
+Extra columns are ignored. Implicit prompts are split off here (see `split_implicit_text`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Union
+
+from ..types import PreferenceExample
+from .issues import RowIssue
+
+DEFAULT_DELIMITER = "\n\nAssistant:"
+FORMATS = ("standard/explicit", "standard/implicit", "conversational/explicit", "conversational/implicit")
+
+
+def _is_messages(v: Any) -> bool:
+    return isinstance(v, list)
+
+
+def _check_messages(source: str, field: str, msgs: list) -> Optional[RowIssue]:
+    for j, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            return RowIssue(source, f"{field}[{j}]", "wrong_type",
+                            f"a message must be an object with role and content, got {type(m).__name__}")
+        for key in ("role", "content"):
+            if key not in m or m[key] is None:
+                return RowIssue(source, f"{field}[{j}].{key}", "missing_field", f"message has no {key!r}")
+            if not isinstance(m[key], str):
+                return RowIssue(source, f"{field}[{j}].{key}", "wrong_type",
+                                f"message {key} must be a string, got {type(m[key]).__name__}")
+    return None
+
+
+def _clean(msgs: list) -> list[dict]:
+    """Keep only role and content (extra keys such as Arrow's null columns are dropped)."""
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+def split_implicit_text(chosen: str, rejected: str, delimiter: Optional[str] = None) -> Optional[int]:
+    """Character position where the shared prompt ends, or None if no split leaves two non-empty completions.
+
+    1. If the common prefix contains the turn marker (`delimiter`, default "\\n\\nAssistant:"), cut right after
+       its last occurrence, so completions start with the assistant's reply (" Sure...").
+    2. Otherwise cut at the end of the common prefix, backing off so that no word is split, the prompt does
+       not end in whitespace (the completion carries the leading space, as in TRL's " blue."), and both
+       completions are non-empty (handles one text being a prefix of the other).
+    """
+    lcp = len(os.path.commonprefix([chosen, rejected]))
+    marker = delimiter if delimiter else DEFAULT_DELIMITER
+    k = chosen.rfind(marker, 0, lcp)
+    if k >= 0 and k + len(marker) <= lcp:
+        cut = k + len(marker)
+        if cut < len(chosen) and cut < len(rejected):
+            return cut
+        return None
+
+    def ok(c: int) -> bool:
+        if c >= len(chosen) or c >= len(rejected):
+            return False
+        if chosen[c - 1].isspace():
+            return False
+        for t in (chosen, rejected):
+            if t[c - 1].isalnum() and t[c].isalnum():
+                return False
+        return True
+
+    c = lcp
+    while c > 0 and not ok(c):
+        c -= 1
+    return c if c > 0 else None
+
+
+def row_to_example(index: int, source: str, row: dict, *, prompt_delimiter: Optional[str] = None
+                   ) -> Union[tuple[PreferenceExample, str], RowIssue]:
+    """Build a PreferenceExample (and its format name) from one raw row, or return the first RowIssue."""
+    for key in ("chosen", "rejected"):
+        if key not in row or row[key] is None:
+            have = ", ".join(sorted(map(str, row))) or "none"
+            return RowIssue(source, key, "missing_field", f"no {key!r} field (fields present: {have})")
+        if not isinstance(row[key], (str, list)):
+            return RowIssue(source, key, "wrong_type",
+                            f"{key} must be a string or a list of messages, got {type(row[key]).__name__}")
+    chosen, rejected = row["chosen"], row["rejected"]
+    prompt = row.get("prompt")
+    if prompt is not None and not isinstance(prompt, (str, list)):
+        return RowIssue(source, "prompt", "wrong_type",
+                        f"prompt must be a string or a list of messages, got {type(prompt).__name__}")
+    conv = _is_messages(chosen)
+    for key, val in (("rejected", rejected), ("prompt", prompt)):
+        if val is not None and _is_messages(val) != conv:
+            kind = "a list of messages" if conv else "a string"
+            return RowIssue(source, key, "wrong_type",
+                            f"{key} must be {kind} like chosen (mixing plain text and messages)")
+    if conv:
+        for key, val in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
+            if val is not None:
+                issue = _check_messages(source, key, val)
+                if issue:
+                    return issue
+        chosen, rejected = _clean(chosen), _clean(rejected)
+        if prompt is not None:
+            ex = PreferenceExample(index, source, _clean(prompt), chosen, rejected, conversational=True)
+            return ex, "conversational/explicit"
+        n = 0
+        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+            n += 1
+        if chosen == rejected:  # identical conversations: the last message is the "completion" of both
+            n = len(chosen) - 1 if chosen else 0
+        if n == 0 or n >= len(chosen) or n >= len(rejected):
+            return RowIssue(source, "chosen", "no_distinct_completion",
+                            "chosen and rejected must share leading messages and each continue with its own "
+                            f"messages (they share {n} of {len(chosen)}/{len(rejected)} messages)")
+        ex = PreferenceExample(index, source, chosen[:n], chosen[n:], rejected[n:], conversational=True)
+        return ex, "conversational/implicit"
+    if prompt is not None:
+        return PreferenceExample(index, source, prompt, chosen, rejected), "standard/explicit"
+    if not os.path.commonprefix([chosen, rejected]):
+        return RowIssue(source, "prompt", "empty_prompt",
+                        "no prompt field and chosen/rejected share no common prefix to use as the prompt")
+    cut = split_implicit_text(chosen, rejected, prompt_delimiter)
+    if cut is None:
+        return RowIssue(source, "chosen", "no_distinct_completion",
+                        "cannot split the shared prompt so that chosen and rejected each keep a non-empty "
+                        "completion (is one text a prefix of the other?)")
+    ex = PreferenceExample(index, source, chosen[:cut], chosen[cut:], rejected[cut:])
+    return ex, "standard/implicit"

