@@ -60,10 +60,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from . import dist
     from .train import train
 
     cfg = config_from_args(args)
+    if (args.nproc or 1) > 1 and "WORLD_SIZE" not in os.environ:  # --nproc N: re-run under torchrun
+        return dist.launch(dist.strip_nproc(getattr(args, "argv", None) or sys.argv[1:]), args.nproc)
     metrics = train(cfg)
+    if not dist.context().is_main:
+        return 0
     keys = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
             "kl_proxy", "eval/loss", "eval/rewards/accuracies", "eval/rewards/margins")
     print("final: " + "  ".join(f"{k}={metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), float)))
@@ -99,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("train", help="train a causal LM on preference pairs (DPO and family)")
     add_train_arguments(p)
+    p.add_argument("--nproc", type=int, default=None,
+                   help="processes on this node (one per GPU): runs this command under torchrun; see docs/distributed.md")
     p.set_defaults(func=run_train)
     p = sub.add_parser("precompute-ref", help="write reference log-probs of a dataset to a Parquet/JSONL table")
     p.add_argument("--config")
@@ -120,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # for `tilt train --nproc N` re-launch
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

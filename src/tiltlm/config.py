@@ -84,6 +84,18 @@ class TrainConfig:
     max_nonfinite_steps: int = 3  # stop after this many consecutive non-finite steps
     progress: bool = True
 
+    # --- distributed (launched with torchrun / `tilt train --nproc N`) and LoRA; see docs/distributed.md
+    dist: str = "ddp"  # ddp | fsdp: how the ranks hold the model when WORLD_SIZE > 1
+    lora_r: int = 0  # > 0: train a LoRA adapter of this rank (peft); the reference is the adapter-off model
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    lora_adapter: Optional[str] = None  # continue training this peft adapter; its frozen copy is the reference
+    merge_lora: bool = False  # also write the merged full model to OUTPUT_DIR/merged
+    sync_ref_model: bool = False  # TR-DPO: mix the policy into the (live) reference every ref_model_sync_steps
+    ref_model_mixup_alpha: float = 0.6
+    ref_model_sync_steps: int = 512
+
     # ------------------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
         from .losses import LOSSES  # local import: losses imports torch only
@@ -111,6 +123,9 @@ class TrainConfig:
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.report_to not in ("none", "tensorboard"):
             raise ConfigError(f"report_to must be none or tensorboard, got {self.report_to!r}")
+        from .lora import validate as validate_dist_and_lora
+
+        validate_dist_and_lora(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:

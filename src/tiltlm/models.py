@@ -59,6 +59,13 @@ def load_model(path: str, *, dtype: str = "float32", device: str | torch.device 
         if "scaled_dot_product_attention" not in str(e):
             raise
         model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", **kwargs)
+    if gguf is not None:
+        # transformers dequantises GGUF weights to `dtype` on load but keeps a gguf "quantizer" marker that makes
+        # save_pretrained refuse; the weights are plain tensors now, so the trained model is saved as safetensors.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     disable_dropout(model)
     return model.to(device)
 

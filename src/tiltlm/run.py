@@ -174,7 +174,10 @@ class RunDir:
         if doctor is not None:
             for finding in doctor.finish():
                 self._report(finding)
-        setup.policy.save_pretrained(self.path, safe_serialization=True)
+        from .lora import save as save_lora  # LoRA: the adapter (+ OUTPUT_DIR/merged with --merge-lora)
+
+        if not save_lora(setup.policy, self.path, setup.tokenizer, self.cfg.merge_lora, self.log):
+            setup.policy.save_pretrained(self.path, safe_serialization=True)
         setup.tokenizer.save_pretrained(self.path)
         if self.tb is not None:
             self.tb.close()

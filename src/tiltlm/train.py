@@ -11,12 +11,13 @@ from dataclasses import dataclass
 import torch
 
 from . import checkpoint as ckpt
+from . import dist, lora
 from .batching import micro_batches
 from .config import ConfigError, TrainConfig
 from .losses import REFERENCE_FREE, LossHParams, compute_loss
 from .metrics import MetricWindow
 from .models import fingerprint, load_model, load_tokenizer, resolve_device
-from .reference import LiveReference, cached_reference
+from .dist import cached_reference  # reference.cached_reference, split over ranks under torchrun
 from .run import RunDir, pair_scores, schedule, step_pairs
 from .logps import check_fast_path, completion_logps
 
@@ -44,8 +45,9 @@ def setup(cfg: TrainConfig, log=print) -> Setup:
 
     if not cfg.model or not cfg.data or not cfg.output_dir:
         raise ConfigError("--model, --data and --output-dir are required")
-    run = RunDir.prepare(cfg, log)
-    device = resolve_device(cfg.device)
+    dist.init(cfg)  # joins torchrun's process group when WORLD_SIZE > 1 (no-op otherwise)
+    run = dist.prepare_run(cfg, log)  # rank 0 writes the run folder; other ranks write nothing
+    device = dist.device(cfg.device)  # cuda:LOCAL_RANK under torchrun on GPUs
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     data_kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
@@ -80,15 +82,16 @@ def setup(cfg: TrainConfig, log=print) -> Setup:
     if problem and (cfg.prefix_sharing or cfg.chunked_logps or cfg.packing):
         log(f"warning: {problem}")
         cfg.prefix_sharing = cfg.chunked_logps = cfg.packing = False
+    policy = lora.apply(cfg, policy, log)  # --lora-r / --lora-adapter: a peft adapter on the same model
 
     reference = eval_reference = None
     if not all(t in REFERENCE_FREE for t in cfg.loss_type):
         ref_path = cfg.ref_model or cfg.model
-        ref_model = policy if (ref_path == cfg.model and cfg.precompute_ref_log_probs) else load_model(
+        ref_model = policy if lora.uses_policy_as_reference(cfg) else load_model(
             ref_path, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
         if cfg.precompute_ref_log_probs:
             # the policy at step 0 IS the reference: score with it before training, then no second model exists
-            fp = fingerprint(ref_path)
+            fp = lora.fingerprint(cfg, fingerprint(ref_path))
             kw = dict(cache_dir=cfg.ref_cache_dir, batch_size=cfg.per_device_eval_batch_size,
                       pad_token_id=tokenizer.pad_token_id, chunk_size=cfg.logps_chunk_size, log=log)
             reference, path, _ = cached_reference(ref_model, fp, cfg.dtype, pairs, **kw)
@@ -97,8 +100,7 @@ def setup(cfg: TrainConfig, log=print) -> Setup:
             if ref_model is not policy:
                 del ref_model
         else:
-            reference = eval_reference = LiveReference(ref_model, chunked=cfg.chunked_logps,
-                                                       chunk_size=cfg.logps_chunk_size)
+            reference = eval_reference = lora.live_reference(cfg, policy, ref_model)  # LoRA: adapter off
     by_index = {e.index: e for e in examples}
     by_index.update({e.index: e for e in eval_examples})
     return Setup(cfg, run, device, tokenizer, policy, pairs, eval_pairs, by_index, reference, eval_reference)
@@ -116,24 +118,26 @@ def forward_pairs(s: Setup, batch, hp: LossHParams, reference=None):
 def evaluate(s: Setup, hp: LossHParams) -> dict:
     window = MetricWindow()
     cfg = s.cfg
-    for start in range(0, len(s.eval_pairs), cfg.per_device_eval_batch_size):
-        chunk = s.eval_pairs[start:start + cfg.per_device_eval_batch_size]
+    mine = dist.shard(s.eval_pairs)  # each rank evaluates its share
+    for start in range(0, len(mine), cfg.per_device_eval_batch_size):
+        chunk = mine[start:start + cfg.per_device_eval_batch_size]
         for batch in micro_batches(chunk, batch_size=len(chunk), prefix_sharing=cfg.prefix_sharing, packing=False,
                                    max_tokens_per_batch=cfg.max_tokens_per_batch,
                                    pad_token_id=s.tokenizer.pad_token_id):
             window.add(*forward_pairs(s, batch.to(s.device), hp, s.eval_reference))
-    return {f"eval/{k}": v for k, v in window.compute().items()}
+    return {f"eval/{k}": v for k, v in dist.reduce_window(window).compute().items()}
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
     t_setup = time.perf_counter()
+    log = dist.rank_zero(log) if dist.init(cfg).enabled else log  # rank 0 prints
     s = setup(cfg, log=log)
     log(f"setup took {time.perf_counter() - t_setup:.1f}s")
     cfg, run = s.cfg, s.run
     params = [p for p in s.policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
-    pairs_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    pairs_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * dist.context().world
     steps_per_epoch = math.ceil(len(s.train_pairs) / pairs_per_step)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
     scheduler = schedule(optimizer, cfg, total_steps)
@@ -159,8 +163,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
             hp = LossHParams(beta=cfg.beta, label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma,
                              discopop_tau=cfg.discopop_tau, bco_delta=state["bco_sum"] / max(state["bco_n"], 1))
             pairs = step_pairs(s.train_pairs, step, pairs_per_step, cfg.seed)
-            losses, step_window = [], MetricWindow()
-            for batch in micro_batches(pairs, batch_size=cfg.per_device_train_batch_size,
+            losses, step_window, before = [], MetricWindow(), dict(state)
+            for batch in micro_batches(dist.shard(pairs), batch_size=cfg.per_device_train_batch_size,
                                        prefix_sharing=cfg.prefix_sharing, packing=cfg.packing,
                                        max_tokens_per_batch=cfg.max_tokens_per_batch,
                                        pad_token_id=s.tokenizer.pad_token_id):
@@ -172,8 +176,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 rewards = torch.cat([out.chosen_rewards, out.rejected_rewards]).detach()
                 state["bco_sum"] += float(rewards.sum())
                 state["bco_n"] += rewards.numel()
+            dist.all_reduce_grads(params)  # SUM over ranks = the gradient of the whole step (see dist.py)
+            step_window = dist.reduce_window(step_window)  # every rank holds the global sums
+            dist.sync_counters(state, before, "bco_sum", "bco_n")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))  # norm BEFORE clipping
-            finite = math.isfinite(grad_norm) and all(bool(torch.isfinite(x).all()) for x in losses)
+            finite = dist.all_true(math.isfinite(grad_norm) and all(bool(torch.isfinite(x).all()) for x in losses))
             if finite:
                 optimizer.step()
                 consecutive_bad = 0
@@ -192,6 +199,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 scheduler.step()
             state["step"] += 1
             state["pairs_seen"] += len(pairs)
+            lora.maybe_sync_reference(cfg, s.policy, s.reference, state["step"])  # TR-DPO
             window.note_step(grad_norm, time.perf_counter() - t_step)
             if state["step"] % cfg.logging_steps == 0 or state["step"] == total_steps:
                 last = {"step": state["step"], "epoch": state["pairs_seen"] / len(s.train_pairs),

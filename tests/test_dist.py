@@ -1,0 +1,157 @@
+"""Data-parallel DPO on CPU: 2 processes (torchrun, gloo) x batch b must equal 1 process x batch 2b.
+
+The 2-rank runs are real `torchrun --nproc_per_node 2 -m tiltlm.cli train ...` subprocesses (one also through the
+`tilt train --nproc 2` convenience), compared with an in-process single-process run: per-step metrics, the
+precomputed reference table, eval metrics and the final weights, within 1e-6. A checkpoint written by 2 ranks
+resumes on 2 ranks to the same weights as the uninterrupted 2-rank run.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tiltlm import checkpoint as ckpt
+from tiltlm import dist
+from tiltlm.config import load_config
+from tiltlm.train import train
+
+from tiny_models import tiny_model_dir, write_pairs
+
+QUIET = lambda *a, **k: None  # noqa: E731
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+KEYS = ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+        "logps/chosen", "logps/rejected", "logps_per_token/chosen", "logps_per_token/rejected", "kl_proxy",
+        "tokens/chosen", "tokens/rejected", "len_diff_margin_corr", "learning_rate", "pairs", "pairs_seen", "epoch")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    tiny_model_dir(root / "model")
+    write_pairs(root / "train.jsonl", n=16)
+    write_pairs(root / "eval.jsonl", n=6, seed=1)
+    return root
+
+
+def opts(assets, out, **kw):
+    o = dict(model=str(assets / "model"), data=str(assets / "train.jsonl"), output_dir=str(out),
+             eval_data=str(assets / "eval.jsonl"), eval_steps=2, learning_rate=1e-3, max_steps=4,
+             per_device_train_batch_size=4, per_device_eval_batch_size=2, progress=False, seed=0,
+             ref_cache_dir=str(out) + "-cache", doctor=False)
+    o.update(kw)
+    return o
+
+
+def torchrun(assets, out, *, nproc_flag=False, timeout=240, **kw):
+    o = opts(assets, out, **kw)
+    args = ["train"]
+    for k, v in o.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if nproc_flag:  # the `tilt train --nproc 2` convenience
+        cmd = [sys.executable, "-m", "tiltlm.cli", *args, "--nproc", "2"]
+    else:
+        cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "tiltlm.cli", *args]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+    return p
+
+
+def records(out):
+    return [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(out):
+    return load_file(str(Path(out) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def single(assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "run"
+    torch.set_num_threads(1)
+    train(load_config(None, opts(assets, out, per_device_train_batch_size=4)), log=QUIET)
+    return out
+
+
+@pytest.fixture(scope="module")
+def double(assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("two") / "run"
+    p = torchrun(assets, out, per_device_train_batch_size=2, save_steps=2)
+    return out, p
+
+
+def test_shard_is_disjoint_and_complete(monkeypatch):
+    items = list(range(11))
+    got = []
+    for rank in range(3):
+        monkeypatch.setattr(dist, "_CTX", dist.DistContext(rank=rank, world=3))
+        got.append(dist.shard(items))
+    assert sorted(x for part in got for x in part) == items
+    assert all(len(part) in (3, 4) for part in got)
+    monkeypatch.setattr(dist, "_CTX", dist.DistContext())
+    assert dist.shard(items) == items and dist.all_true(True) and dist.sum_scalars(1.5, 2) == [1.5, 2]
+
+
+def test_two_ranks_equal_one_process_with_double_batch(single, double):
+    out2, proc = double
+    one, two = records(single), records(out2)
+    assert [r["step"] for r in one] == [r["step"] for r in two]
+    train1, train2 = [r for r in one if "loss" in r], [r for r in two if "loss" in r]
+    assert len(train1) == 4 and train1[0]["loss"] == pytest.approx(0.693147, abs=1e-4)
+    for a, b in zip(train1, train2):
+        for key in KEYS:
+            assert (key in a) == (key in b), key
+            if key in a:
+                assert b[key] == pytest.approx(a[key], abs=1e-6, rel=1e-6), (key, a["step"])
+        assert b["pairs"] == a["pairs"] == 4
+    evals1, evals2 = [r for r in one if "eval/loss" in r], [r for r in two if "eval/loss" in r]
+    assert len(evals1) == len(evals2) == 3  # steps 2, 4 and the end
+    for a, b in zip(evals1, evals2):
+        for key, v in a.items():
+            assert b[key] == pytest.approx(v, abs=1e-6, rel=1e-6), key
+    assert evals2[0]["eval/pairs"] == 6  # every eval pair once, none twice
+    w1, w2 = weights(single), weights(out2)
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], atol=1e-6, rtol=0), name
+    # rank 0 alone logs and writes: one line per record, no duplicates
+    assert len(two) == len(one) == 7  # 4 train lines, evals at steps 2 and 4, the final eval
+    assert proc.stdout.count("final:") == 1
+
+
+def test_distributed_reference_pass_equals_single_process(single, double):
+    out2, _ = double
+    from tiltlm.reference import CachedReference
+
+    a = CachedReference.load(json.loads((single / "reference.json").read_text())["cache"]).to_rows()
+    b = CachedReference.load(json.loads((out2 / "reference.json").read_text())["cache"]).to_rows()
+    assert [r["index"] for r in a] == [r["index"] for r in b]  # gathered: every pair, once, in order
+    for x, y in zip(a, b):
+        assert y["chosen_logp"] == pytest.approx(x["chosen_logp"], abs=1e-5)
+        assert y["rejected_logp"] == pytest.approx(x["rejected_logp"], abs=1e-5)
+        assert (x["chosen_tokens"], x["rejected_tokens"]) == (y["chosen_tokens"], y["rejected_tokens"])
+
+
+def test_checkpoint_from_two_ranks_resumes_on_two_ranks(assets, double, tmp_path):
+    full, _ = double
+    part = tmp_path / "part"
+    shutil.copytree(full, part)  # the same 2-rank run, then "crash" after step 2
+    (part / "config.yaml").unlink()
+    ckpts = ckpt.list_checkpoints(part / "checkpoints")
+    assert [p.name for p in ckpts] == ["checkpoint-2", "checkpoint-4"]
+    shutil.rmtree(ckpts[-1])
+    (part / "model.safetensors").unlink()
+    torchrun(assets, part, nproc_flag=True, per_device_train_batch_size=2, save_steps=2, resume="auto",
+             ref_cache_dir=str(full) + "-cache")
+    wa, wb = weights(full), weights(part)
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], atol=1e-7, rtol=0), name
+    steps = [(r["step"], "eval/loss" in r) for r in records(part)]
+    assert steps == [(r["step"], "eval/loss" in r) for r in records(full)]

@@ -1,0 +1,74 @@
+"""The doctor during real (tiny) training runs: each failure mode the seeds name is caught, a healthy run is quiet."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tiltlm.config import load_config
+from tiltlm.train import train
+
+from tiny_models import tiny_model_dir, write_pairs
+
+QUIET = lambda *a, **k: None  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("doctor")
+    tiny_model_dir(root / "model")
+    write_pairs(root / "train.jsonl", n=16)
+    write_pairs(root / "swapped.jsonl", n=16, swap=True)
+    return root
+
+
+def findings(run_dir: Path) -> dict[str, dict]:
+    f = run_dir / "doctor.jsonl"
+    rows = [json.loads(l) for l in f.read_text().splitlines()] if f.is_file() else []
+    return {r["check"]: r for r in rows}
+
+
+def run(assets, tmp_path, **overrides) -> Path:
+    opts = dict(model=str(assets / "model"), data=str(assets / "train.jsonl"), output_dir=str(tmp_path / "run"),
+                learning_rate=2e-3, per_device_train_batch_size=4, max_steps=12, progress=False,
+                ref_cache_dir=str(tmp_path / "cache"), seed=0)
+    opts.update(overrides)
+    train(load_config(None, opts), log=QUIET)
+    return tmp_path / "run"
+
+
+def test_healthy_run_gets_no_findings(assets, tmp_path):
+    out = run(assets, tmp_path, eval_data=str(assets / "train.jsonl"), eval_steps=4)
+    assert findings(out) == {}
+
+
+def test_inverted_loss_sign_is_caught_early(assets, tmp_path, monkeypatch):
+    import tiltlm.train as T
+    from tiltlm.types import LossOutput
+
+    real = T.compute_loss
+
+    def negated(*a, **k):  # the classic sign bug: minimise log-sigmoid instead of its negative
+        out = real(*a, **k)
+        return LossOutput(-out.losses, out.chosen_rewards, out.rejected_rewards)
+
+    monkeypatch.setattr(T, "compute_loss", negated)
+    found = findings(run(assets, tmp_path))
+    assert "sign_bug" in found, found
+    assert found["sign_bug"]["step"] <= 12
+    assert "chosen/rejected" in found["sign_bug"]["fix"] or "sign" in found["sign_bug"]["fix"]
+
+
+def test_swapped_training_columns_are_caught_by_eval(assets, tmp_path):
+    out = run(assets, tmp_path, data=str(assets / "swapped.jsonl"), eval_data=str(assets / "train.jsonl"),
+              eval_steps=2, max_steps=12)
+    found = findings(out)
+    assert "inverted_data" in found, found
+
+
+def test_reference_mismatch_is_caught_at_step_one(assets, tmp_path):
+    # the reference is a different checkpoint (the base model after some DPO), the policy starts from the base
+    other = run(assets, tmp_path / "pre", learning_rate=5e-3, max_steps=6, doctor=False)
+    found = findings(run(assets, tmp_path, ref_model=str(other), max_steps=3))
+    assert "reference_mismatch" in found, found
+    assert found["reference_mismatch"]["step"] == 1
