@@ -75,6 +75,7 @@ def test_precomputed_reference_equals_live_reference(assets, tmp_path):
     dict(prefix_sharing=True, chunked_logps=False),
     dict(prefix_sharing=False, chunked_logps=True),
     dict(packing=True, max_tokens_per_batch=64),
+    dict(gradient_checkpointing=True),
 ])
 def test_fast_paths_train_like_the_default(assets, tmp_path, flags):
     _, base, a = run(assets, tmp_path, "default")

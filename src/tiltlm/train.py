@@ -82,7 +82,9 @@ def setup(cfg: TrainConfig, log=print) -> Setup:
     if problem and (cfg.prefix_sharing or cfg.chunked_logps or cfg.packing):
         log(f"warning: {problem}")
         cfg.prefix_sharing = cfg.chunked_logps = cfg.packing = False
-    policy = lora.apply(cfg, policy, log)  # --lora-r / --lora-adapter: a peft adapter on the same model
+    policy = lora.apply(cfg, policy, log)
+    if cfg.gradient_checkpointing:  # exact: the same forward, recomputed during backward
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # --lora-r / --lora-adapter: a peft adapter on the same model
 
     reference = eval_reference = None
     if not all(t in REFERENCE_FREE for t in cfg.loss_type):
