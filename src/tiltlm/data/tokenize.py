@@ -19,7 +19,6 @@ otherwise the pair is a `prompt_too_long` issue.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional, Sequence
 
 from ..types import PreferenceExample, TokenizedPair
@@ -31,19 +30,15 @@ class PromptTooLong(DataError):
 
 
 def load_tokenizer(path: str, *, trust_remote_code: bool = False):
-    """AutoTokenizer from a local HF folder / hub id, or from a .gguf file (its folder + gguf_file=name)."""
-    from transformers import AutoTokenizer
+    """models.load_tokenizer, with its failures reported as a DataError (the data commands' error type)."""
+    from ..config import ConfigError
+    from ..models import load_tokenizer as load
 
-    p = Path(path)
     try:
-        if p.suffix.lower() == ".gguf":
-            if not p.is_file():
-                raise DataError(f"GGUF file not found: {path}")
-            return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name, trust_remote_code=trust_remote_code)
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 - transformers raises OSError/ValueError/... for a bad path
+        return load(path, trust_remote_code=trust_remote_code)
+    except ConfigError as e:
+        raise DataError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - transformers raises OSError/ValueError/... for a bad folder
         raise DataError(f"cannot load a tokenizer from {path}: {e}") from None
 
 
