@@ -200,3 +200,23 @@ def test_cli_user_mistakes_are_one_clear_line(assets, tmp_path, capsys):
     assert tilt(["train", "--model", str(assets / "model"), "--data", str(assets / "train.jsonl"),
                  "--output-dir", str(tmp_path / "o3"), "--loss-type", "sigmod"]) == 2
     assert "did you mean 'sigmoid'" in capsys.readouterr().err
+
+
+def test_bad_rows_stop_training_with_file_line_field_or_are_skipped(assets, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    good = (assets / "train.jsonl").read_text().splitlines()[:4]
+    bad.write_text("\n".join(good + ['{"prompt":"a","chosen":" b"', '{"prompt":"x","chosen":" s","rejected":" s"}',
+                                     '{"prompt":"","chosen":" q","rejected":" r"}']) + "\n")
+    args = ["train", "--model", str(assets / "model"), "--data", str(bad), "--max-steps", "1", "--progress", "false",
+            "--ref-cache-dir", str(tmp_path / "cache")]
+    assert tilt(args + ["--output-dir", str(tmp_path / "stop")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:5" in err and "invalid_json" in err
+    assert "bad.jsonl:6 [rejected]" in err and "identical_responses" in err
+    assert "bad.jsonl:7 [prompt]" in err and "empty_prompt" in err
+    assert "Traceback" not in err
+    assert tilt(args + ["--output-dir", str(tmp_path / "skip"), "--skip-invalid"]) == 0
+    skipped = [json.loads(l) for l in (tmp_path / "skip" / "skipped.jsonl").read_text().splitlines()]
+    assert sorted(s["kind"] for s in skipped) == ["empty_prompt", "identical_responses", "invalid_json"]
+    stats = json.loads((tmp_path / "skip" / "data_stats.json").read_text())
+    assert stats["valid"] == 4 and stats["skipped"] == 3
