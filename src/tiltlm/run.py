@@ -191,7 +191,7 @@ def _as_text(value) -> str:
 
 
 @torch.no_grad()
-def pair_scores(s, hp, forward_pairs: Callable, limit: int = 256) -> list[dict]:
+def pair_scores(s, hp, forward_pairs: Callable, limit: int = 64) -> list[dict]:
     """Per-pair numbers under the final policy (eval pairs, else the first `limit` training pairs) for reports."""
     pairs = s.eval_pairs or s.train_pairs[:limit]
     rows = []
