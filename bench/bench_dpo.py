@@ -28,7 +28,8 @@ CACHE = HERE / ".cache"
 HH_DATA = ROOT.parent / "shared" / "data" / "hh_harmless_dev.jsonl"
 
 # name -> (framework, options).  tiltlm options are TrainConfig fields; TRL options are DPOConfig fields.
-PLAIN = dict(precompute_ref_log_probs=False, prefix_sharing=False, chunked_logps=False, packing=False)
+PLAIN = dict(precompute_ref_log_probs=False, prefix_sharing=False, chunked_logps=False, packing=False,
+             gradient_checkpointing=False)
 CONFIGS = {
     "trl-default": ("trl", {}),
     "trl-precompute": ("trl", {"precompute_ref_log_probs": True}),
@@ -36,10 +37,10 @@ CONFIGS = {
     "tiltlm+precompute": ("tiltlm", {**PLAIN, "precompute_ref_log_probs": True}),
     "tiltlm+prefix": ("tiltlm", {**PLAIN, "prefix_sharing": True}),
     "tiltlm+chunked": ("tiltlm", {**PLAIN, "chunked_logps": True}),
-    "tiltlm-default": ("tiltlm", {}),
+    "tiltlm-default": ("tiltlm", {}),  # precompute + prefix sharing + chunked log-probs + gradient checkpointing
+    "tiltlm-no-gc": ("tiltlm", {"gradient_checkpointing": False}),
     "tiltlm+packing": ("tiltlm", {"packing": True}),
-    "tiltlm+gc": ("tiltlm", {"gradient_checkpointing": True}),
-    "tiltlm+packing+gc": ("tiltlm", {"packing": True, "gradient_checkpointing": True}),
+    "tiltlm+packing-no-gc": ("tiltlm", {"packing": True, "gradient_checkpointing": False}),
 }
 
 

@@ -99,8 +99,8 @@ def test_shard_is_disjoint_and_complete(monkeypatch):
     assert dist.shard(items) == items and dist.all_true(True) and dist.sum_scalars(1.5, 2) == [1.5, 2]
 
 
-def test_two_ranks_equal_one_process_with_double_batch(single, double):
-    out2, proc = double
+def assert_same_run(single, out2, proc, n_records=7):
+    """The 2-rank run at out2 logged the same metrics and saved the same weights as the 1-process run (1e-6)."""
     one, two = records(single), records(out2)
     assert [r["step"] for r in one] == [r["step"] for r in two]
     train1, train2 = [r for r in one if "loss" in r], [r for r in two if "loss" in r]
@@ -122,8 +122,12 @@ def test_two_ranks_equal_one_process_with_double_batch(single, double):
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], atol=1e-6, rtol=0), name
     # rank 0 alone logs and writes: one line per record, no duplicates
-    assert len(two) == len(one) == 7  # 4 train lines, evals at steps 2 and 4, the final eval
+    assert len(two) == len(one) == n_records  # 4 train lines, evals at steps 2 and 4, the final eval
     assert proc.stdout.count("final:") == 1
+
+
+def test_two_ranks_equal_one_process_with_double_batch(single, double):
+    assert_same_run(single, *double)
 
 
 def test_distributed_reference_pass_equals_single_process(single, double):
@@ -155,3 +159,67 @@ def test_checkpoint_from_two_ranks_resumes_on_two_ranks(assets, double, tmp_path
         torch.testing.assert_close(wb[name], wa[name], atol=1e-7, rtol=0), name
     steps = [(r["step"], "eval/loss" in r) for r in records(part)]
     assert steps == [(r["step"], "eval/loss" in r) for r in records(full)]
+
+
+# ------------------------------------------------------------------------------------------------ FSDP2
+@pytest.fixture(scope="module")
+def double_fsdp(assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("two_fsdp") / "run"
+    p = torchrun(assets, out, per_device_train_batch_size=2, save_steps=2, dist="fsdp")
+    return out, p
+
+
+def test_fsdp_two_ranks_equal_one_process_with_double_batch(single, double_fsdp):
+    assert_same_run(single, *double_fsdp)
+    assert "fsdp" in double_fsdp[1].stdout.lower()
+
+
+def test_fsdp_checkpoint_is_sharded_checksummed_and_resumes_on_two_ranks(assets, double_fsdp, tmp_path):
+    full, _ = double_fsdp
+    ckpts = ckpt.list_checkpoints(full / "checkpoints")
+    assert [p.name for p in ckpts] == ["checkpoint-2", "checkpoint-4"]
+    manifest = json.loads((ckpts[0] / "manifest.json").read_text())["files"]
+    shards = [name for name in manifest if name.startswith("sharded/") and name.endswith(".distcp")]
+    assert len(shards) == 2, manifest  # one file of model + optimizer shards per rank, each checksummed
+    assert "model.safetensors" not in manifest and ckpt.verify(ckpts[0]) is None
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    (part / "config.yaml").unlink()
+    shutil.rmtree(part / "checkpoints" / "checkpoint-4")
+    (part / "model.safetensors").unlink()
+    torchrun(assets, part, per_device_train_batch_size=2, save_steps=2, resume="auto", dist="fsdp",
+             ref_cache_dir=str(full) + "-cache")
+    wa, wb = weights(full), weights(part)
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], atol=1e-7, rtol=0), name
+    assert [r["step"] for r in records(part)] == [r["step"] for r in records(full)]
+
+
+def test_fsdp_live_sharded_reference_packing_and_accumulation_equal_one_process(assets, tmp_path):
+    """Live (sharded) reference, packing (ranks may get different numbers of micro-batches: padded calls) and
+    gradient accumulation: 2 FSDP ranks x (1 pair x 2 micro-batches) == 1 process x (2 pairs x 2 micro-batches)."""
+    kw = dict(precompute_ref_log_probs=False, packing=True, max_tokens_per_batch=64, gradient_accumulation_steps=2,
+              eval_steps=0)
+    one = tmp_path / "one"
+    train(load_config(None, opts(assets, one, per_device_train_batch_size=2, **kw)), log=QUIET)
+    two = tmp_path / "two"
+    proc = torchrun(assets, two, per_device_train_batch_size=1, dist="fsdp", **kw)
+    a, b = records(one), records(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) == 5
+    for x, y in zip(a, b):
+        for key in ("loss", "grad_norm", "rewards/margins", "logps/chosen", "eval/loss", "eval/rewards/accuracies"):
+            if key in x:
+                assert y[key] == pytest.approx(x[key], abs=1e-6, rel=1e-6), (key, x["step"])
+    wa, wb = weights(one), weights(two)
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], atol=1e-6, rtol=0), name
+    assert proc.returncode == 0
+
+
+def test_fsdp_refuses_lora_with_a_clear_message(assets, tmp_path):
+    o = opts(assets, tmp_path / "run", dist="fsdp", lora_r=4)
+    args = ["train"] + [x for k, v in o.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    p = subprocess.run([sys.executable, "-m", "tiltlm.cli", *args, "--nproc", "2"], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
+    assert p.returncode == 2, p.stderr[-2000:]  # refused before any process is started
+    assert "--dist fsdp with LoRA" in p.stderr and "Traceback" not in p.stdout + p.stderr

@@ -70,20 +70,27 @@ def save_checkpoint(ckpt_root: Path, step: int, *, model, optimizer, scheduler, 
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
                    tmp / "state.pt")
         (tmp / "loop_state.json").write_text(json.dumps(loop_state, indent=1))
-        files = sorted(p for p in tmp.iterdir() if p.is_file())
-        for f in files:
-            _fsync(f)
-        manifest = {"step": step, "files": {f.name: {"sha256": _sha256(f), "bytes": f.stat().st_size}
-                                            for f in files}}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        _fsync(tmp / MANIFEST)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync(ckpt_root)
+        return seal(tmp, final, ckpt_root, step, total_limit)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def seal(tmp: Path, final: Path, ckpt_root: Path, step: int, total_limit: int) -> Path:
+    """fsync every file of the finished temporary folder, write the checksum manifest, rename it into place and
+    drop all but the newest `total_limit` checkpoints. Files in sub-folders (sharded checkpoints) count too."""
+    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    for f in files:
+        _fsync(f)
+    manifest = {"step": step, "files": {f.relative_to(tmp).as_posix(): {"sha256": _sha256(f),
+                                                                         "bytes": f.stat().st_size}
+                                        for f in files}}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    _fsync(tmp / MANIFEST)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(ckpt_root)
     for old in list_checkpoints(ckpt_root)[:-total_limit] if total_limit > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -134,6 +141,10 @@ def find_resumable(ckpt_root: Path, requested: str, log=print) -> Optional[Path]
 
 def load_checkpoint(ckpt: Path, *, model, optimizer, scheduler) -> dict:
     """Restore model/optimizer/scheduler/RNG in place; returns the loop state."""
+    if (ckpt / "sharded").is_dir():  # written by --dist fsdp ranks (fsdp.py)
+        from .fsdp import load_checkpoint as load_sharded
+
+        return load_sharded(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
     missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
     if unexpected:
         raise ValueError(f"checkpoint {ckpt} has weights this model does not: {sorted(unexpected)[:5]}")

@@ -71,7 +71,7 @@ class TrainConfig:
     max_tokens_per_batch: int = 4096  # token budget of one packed micro-batch
     chunked_logps: bool = True  # log-probs from hidden states in chunks, full logits never materialised
     logps_chunk_size: int = 1024  # tokens per LM-head chunk
-    gradient_checkpointing: bool = False  # recompute each layer in backward: activations ~1 layer deep (+~30% time)
+    gradient_checkpointing: bool = True  # recompute each block in backward: -36% peak memory, +16% time (SmolLM2)
 
     # --- logging, eval, checkpoints
     logging_steps: int = 1

@@ -69,11 +69,12 @@ def init(cfg) -> DistContext:
         tdist.init_process_group("nccl" if use_cuda else "gloo")
         atexit.register(lambda: tdist.is_initialized() and tdist.destroy_process_group())
     _CTX = DistContext(rank=rank, world=world, local_rank=local_rank, mode=getattr(cfg, "dist", "ddp"))
-    if _CTX.mode == "fsdp":
-        from .config import ConfigError
-
-        raise ConfigError("--dist fsdp is not implemented yet; use --dist ddp (see docs/distributed.md)")
     return _CTX
+
+
+def fsdp_enabled() -> bool:
+    """Several ranks, each holding a shard of the model (fsdp.py); otherwise every rank holds all of it."""
+    return _CTX.enabled and _CTX.mode == "fsdp"
 
 
 def device(requested: str) -> torch.device:
@@ -149,6 +150,29 @@ def _buckets(tensors: list[torch.Tensor], max_numel: int):
         yield bucket
 
 
+@torch.no_grad()
+def clip_grad_norm(params: Sequence[torch.nn.Parameter], max_norm: float) -> float:
+    """The global L2 norm of the gradients, then scale them so it is at most `max_norm` (as
+    torch.nn.utils.clip_grad_norm_). Returns the norm before clipping.
+
+    Summed in float64 over every parameter, and over the ranks' shards under FSDP, so the norm -- and therefore the
+    clipping -- is the same to ~1e-12 whether the model is whole, replicated or sharded (torch's fp32 norm of DTensor
+    shards differs from the unsharded one in the 6th digit)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+    total = sum(float(torch.linalg.vector_norm(g, 2, dtype=torch.float64)) ** 2 for g in local)
+    if fsdp_enabled():  # each rank holds a disjoint shard of every gradient
+        total = sum_scalars(total)[0]
+    norm = total ** 0.5
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1.0 and norm == norm and norm != float("inf"):
+        for g in local:
+            g.mul_(coef)
+    return norm
+
+
 def all_true(flag: bool) -> bool:
     """True on every rank iff it is True on every rank (so all ranks skip or take the same step)."""
     if not _CTX.enabled:
@@ -156,6 +180,15 @@ def all_true(flag: bool) -> bool:
     t = torch.tensor([0 if flag else 1], dtype=torch.int32, device=_comm_device(torch.device("cpu")))
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return int(t.item()) == 0
+
+
+def max_int(value: int) -> int:
+    """The largest `value` over ranks."""
+    if not _CTX.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=_comm_device(torch.device("cpu")))
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item())
 
 
 def sum_scalars(*values: float) -> list[float]:
@@ -228,8 +261,14 @@ def prepare_run(cfg, log: Callable = print):
         def progress(self, total, done): return _NoBar()
         def log_metrics(self, record, doctor, bar): ...
         def log_eval(self, record, doctor): return record
-        def save_checkpoint(self, *a, **k): barrier()
-        def finish(self, setup, doctor, scores): ...
+        def save_checkpoint(self, *a, **k):
+            if fsdp_enabled():  # a collective: every rank writes its own shards
+                try:
+                    self._write_checkpoint(*a, **k)
+                except OSError:
+                    pass  # rank 0 reports it
+            barrier()
+        def finish(self, *a, **k): ...
 
     from .run import _NoBar
 
@@ -325,6 +364,6 @@ def strip_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-__all__ = ["DistContext", "context", "init", "device", "rank_zero", "barrier", "shard", "all_reduce_grads",
+__all__ = ["DistContext", "context", "init", "fsdp_enabled", "max_int", "device", "rank_zero", "barrier", "shard", "all_reduce_grads", "clip_grad_norm",
            "all_true", "sum_scalars", "gather_objects", "reduce_window", "sync_counters", "prepare_run",
            "cached_reference", "launch", "strip_nproc"]

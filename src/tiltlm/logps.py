@@ -83,6 +83,14 @@ def chunked_token_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: 
 def token_logps(model: torch.nn.Module, batch: ModelBatch, *, chunked: bool = True,
                 chunk_size: int = 1024) -> torch.Tensor:
     """Per-completion-token log-probs (T,), fp32, in the order of batch.labels."""
+    root = model.__dict__.get("_tilt_fsdp_root")
+    if root is not None:  # --dist fsdp: the whole computation runs inside the FSDP root unit's forward (fsdp.py)
+        return root(batch, chunked, chunk_size)
+    return unsharded_token_logps(model, batch, chunked=chunked, chunk_size=chunk_size)
+
+
+def unsharded_token_logps(model: torch.nn.Module, batch: ModelBatch, *, chunked: bool = True,
+                          chunk_size: int = 1024) -> torch.Tensor:
     mask = batch.attention_mask(getattr(model.config, "_attn_implementation", "sdpa") or "sdpa",
                                 dtype=next(model.parameters()).dtype)
     kwargs = dict(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=False)

@@ -46,6 +46,9 @@ def validate(cfg) -> None:
         raise ConfigError(f"--lora-adapter {cfg.lora_adapter}: no adapter_config.json there (a peft adapter folder)")
     if cfg.dist not in ("ddp", "fsdp"):
         raise ConfigError(f"dist must be ddp or fsdp, got {cfg.dist!r}")
+    if cfg.dist == "fsdp" and (enabled(cfg) or cfg.sync_ref_model):
+        raise ConfigError("--dist fsdp with LoRA or --sync-ref-model is not supported yet; use --dist ddp "
+                          "(a LoRA policy is small: every rank can hold it)")
     if cfg.sync_ref_model:
         if cfg.precompute_ref_log_probs:
             raise ConfigError("--sync-ref-model updates the reference during training, so it cannot be "

@@ -156,18 +156,27 @@ class RunDir:
                 self._report(f)
         return record
 
+    def _write_checkpoint(self, state: dict, model, optimizer, scheduler):
+        from . import dist
+
+        if dist.fsdp_enabled():  # every rank writes its shards (fsdp.py)
+            from .fsdp import save_checkpoint as write
+        else:
+            write = ckpt.save_checkpoint
+        return write(self.checkpoints, state["step"], model=model, optimizer=optimizer, scheduler=scheduler,
+                     loop_state=dict(state), total_limit=self.cfg.save_total_limit)
+
     def save_checkpoint(self, state: dict, model, optimizer, scheduler) -> None:
         try:
-            path = ckpt.save_checkpoint(self.checkpoints, state["step"], model=model, optimizer=optimizer,
-                                        scheduler=scheduler, loop_state=dict(state),
-                                        total_limit=self.cfg.save_total_limit)
+            path = self._write_checkpoint(state, model, optimizer, scheduler)
             self.log(f"checkpoint: {path}")
         except OSError as e:  # e.g. disk full: the previous checkpoint is untouched; keep training
             good = ckpt.list_checkpoints(self.checkpoints)
             self.log(f"error: writing the checkpoint at step {state['step']} failed ({e}); "
                 f"last good checkpoint: {good[-1] if good else 'none'}")
 
-    def finish(self, setup, doctor, scores: list[dict]) -> None:
+    def finish(self, setup, doctor, scores: list[dict], state_dict: Optional[dict] = None) -> None:
+        """Write the per-pair scores and the final model (`state_dict`: the gathered weights under FSDP)."""
         with open(self.path / "pair_scores.jsonl", "w") as f:
             for row in scores:
                 f.write(json.dumps(row) + "\n")
@@ -177,7 +186,7 @@ class RunDir:
         from .lora import save as save_lora  # LoRA: the adapter (+ OUTPUT_DIR/merged with --merge-lora)
 
         if not save_lora(setup.policy, self.path, setup.tokenizer, self.cfg.merge_lora, self.log):
-            setup.policy.save_pretrained(self.path, safe_serialization=True)
+            setup.policy.save_pretrained(self.path, safe_serialization=True, state_dict=state_dict)
         setup.tokenizer.save_pretrained(self.path)
         if self.tb is not None:
             self.tb.close()

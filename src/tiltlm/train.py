@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from . import checkpoint as ckpt
-from . import dist, lora
+from . import dist, fsdp, lora
 from .batching import micro_batches
 from .config import ConfigError, TrainConfig
 from .losses import REFERENCE_FREE, LossHParams, compute_loss
@@ -83,8 +83,13 @@ def setup(cfg: TrainConfig, log=print) -> Setup:
         log(f"warning: {problem}")
         cfg.prefix_sharing = cfg.chunked_logps = cfg.packing = False
     policy = lora.apply(cfg, policy, log)
-    if cfg.gradient_checkpointing:  # exact: the same forward, recomputed during backward
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # --lora-r / --lora-adapter: a peft adapter on the same model
+    if cfg.gradient_checkpointing and not getattr(policy, "supports_gradient_checkpointing", False):
+        log(f"note: {type(policy).__name__} does not support gradient checkpointing; training without it")
+    elif cfg.gradient_checkpointing:  # exact: the same forward, recomputed during backward
+        if hasattr(policy, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     reference = eval_reference = None
     if not all(t in REFERENCE_FREE for t in cfg.loss_type):
@@ -102,7 +107,13 @@ def setup(cfg: TrainConfig, log=print) -> Setup:
             if ref_model is not policy:
                 del ref_model
         else:
+            if dist.fsdp_enabled():
+                ref_model = fsdp.shard_model(ref_model)  # the frozen reference is sharded like the policy
             reference = eval_reference = lora.live_reference(cfg, policy, ref_model)  # LoRA: adapter off
+    if dist.fsdp_enabled():  # after the (unsharded, distributed) reference pass: shard the policy
+        policy = fsdp.shard_model(policy)
+        log(f"fsdp: policy sharded over {dist.context().world} ranks "
+            f"({len(fsdp.transformer_blocks(policy))} blocks + root)")
     by_index = {e.index: e for e in examples}
     by_index.update({e.index: e for e in eval_examples})
     return Setup(cfg, run, device, tokenizer, policy, pairs, eval_pairs, by_index, reference, eval_reference)
@@ -120,13 +131,17 @@ def forward_pairs(s: Setup, batch, hp: LossHParams, reference=None):
 def evaluate(s: Setup, hp: LossHParams) -> dict:
     window = MetricWindow()
     cfg = s.cfg
-    mine = dist.shard(s.eval_pairs)  # each rank evaluates its share
-    for start in range(0, len(mine), cfg.per_device_eval_batch_size):
-        chunk = mine[start:start + cfg.per_device_eval_batch_size]
-        for batch in micro_batches(chunk, batch_size=len(chunk), prefix_sharing=cfg.prefix_sharing, packing=False,
-                                   max_tokens_per_batch=cfg.max_tokens_per_batch,
-                                   pad_token_id=s.tokenizer.pad_token_id):
-            window.add(*forward_pairs(s, batch.to(s.device), hp, s.eval_reference))
+    mine = dist.shard(s.eval_pairs) or s.eval_pairs[:1]  # each rank evaluates its share
+    batches = [b for start in range(0, len(mine), cfg.per_device_eval_batch_size)
+               for b in micro_batches(mine[start:start + cfg.per_device_eval_batch_size],
+                                      batch_size=cfg.per_device_eval_batch_size, prefix_sharing=cfg.prefix_sharing,
+                                      packing=False, max_tokens_per_batch=cfg.max_tokens_per_batch,
+                                      pad_token_id=s.tokenizer.pad_token_id)]
+    real_pairs = dist.shard(s.eval_pairs)
+    for batch, real in fsdp.pad_calls(batches) if dist.fsdp_enabled() else [(b, True) for b in batches]:
+        out = forward_pairs(s, batch.to(s.device), hp, s.eval_reference)
+        if real and real_pairs:  # a rank with no eval pairs of its own ran one only to match FSDP's collectives
+            window.add(*out)
     return {f"eval/{k}": v for k, v in dist.reduce_window(window).compute().items()}
 
 
@@ -166,22 +181,28 @@ def train(cfg: TrainConfig, log=print) -> dict:
                              discopop_tau=cfg.discopop_tau, bco_delta=state["bco_sum"] / max(state["bco_n"], 1))
             pairs = step_pairs(s.train_pairs, step, pairs_per_step, cfg.seed)
             losses, step_window, before = [], MetricWindow(), dict(state)
-            for batch in micro_batches(dist.shard(pairs), batch_size=cfg.per_device_train_batch_size,
-                                       prefix_sharing=cfg.prefix_sharing, packing=cfg.packing,
-                                       max_tokens_per_batch=cfg.max_tokens_per_batch,
-                                       pad_token_id=s.tokenizer.pad_token_id):
+            batches = micro_batches(dist.shard(pairs), batch_size=cfg.per_device_train_batch_size,
+                                    prefix_sharing=cfg.prefix_sharing, packing=cfg.packing,
+                                    max_tokens_per_batch=cfg.max_tokens_per_batch,
+                                    pad_token_id=s.tokenizer.pad_token_id)
+            calls = fsdp.pad_calls(batches) if dist.fsdp_enabled() else [(b, True) for b in batches]
+            for k, (batch, real) in enumerate(calls):
+                fsdp.set_gradient_sync(s.policy, k == len(calls) - 1)  # FSDP: reduce-scatter once per step
                 policy, ref, out = forward_pairs(s, batch.to(s.device), hp)
                 # sum / (pairs in the step): any split into micro-batches gives the same gradient
-                (out.losses.sum() / len(pairs)).backward()
+                (out.losses.sum() * (1.0 if real else 0.0) / len(pairs)).backward()
+                if not real:  # FSDP padding call (fsdp.pad_calls): same collectives, no contribution
+                    continue
                 step_window.add(policy, ref, out)
                 losses.append(out.losses.detach())
                 rewards = torch.cat([out.chosen_rewards, out.rejected_rewards]).detach()
                 state["bco_sum"] += float(rewards.sum())
                 state["bco_n"] += rewards.numel()
-            dist.all_reduce_grads(params)  # SUM over ranks = the gradient of the whole step (see dist.py)
+            if not dist.fsdp_enabled():  # (FSDP reduce-scatters its gradients itself, fsdp.py)
+                dist.all_reduce_grads(params)  # SUM over ranks = the gradient of the whole step (see dist.py)
             step_window = dist.reduce_window(step_window)  # every rank holds the global sums
             dist.sync_counters(state, before, "bco_sum", "bco_n")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))  # norm BEFORE clipping
+            grad_norm = dist.clip_grad_norm(params, cfg.max_grad_norm)  # global fp64 norm BEFORE clipping
             finite = dist.all_true(math.isfinite(grad_norm) and all(bool(torch.isfinite(x).all()) for x in losses))
             if finite:
                 optimizer.step()
@@ -224,5 +245,6 @@ def train(cfg: TrainConfig, log=print) -> dict:
         return {**last, "interrupted": True}
     if s.eval_pairs:
         last = {**last, **run.log_eval({"step": state["step"], **evaluate(s, hp)}, doctor)}
-    run.finish(s, doctor, pair_scores(s, hp, forward_pairs))
+    scores = pair_scores(s, hp, forward_pairs)  # (under FSDP every rank scores the same pairs: collectives)
+    run.finish(s, doctor, scores, fsdp.full_state_dict(s.policy) if dist.fsdp_enabled() else None)
     return last
