@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from tiltlm.diagnostics import Doctor, DoctorThresholds, Finding, add_cli, diagnose_run, initial_loss
+from tiltlm.diagnostics import Doctor, DoctorThresholds, Finding, initial_loss
+from tiltlm.doctor_run import add_cli, diagnose_run
 
 LN2 = math.log(2)
 

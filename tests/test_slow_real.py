@@ -111,3 +111,26 @@ def test_sigterm_saves_a_checkpoint_and_resumes(crash_assets, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     got = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_doctor_flags_hh_pairs_trained_with_swapped_columns(tmp_path):
+    """The seeds' sign-bug/inverted-data failure on real data: train on HH pairs whose chosen and rejected columns
+    are exchanged, evaluate on the same pairs correctly labelled -> the doctor's inverted_data warning."""
+    if not HH.is_file():
+        pytest.skip(f"{HH} not found (the shared HH-RLHF pairs live next to the repository)")
+    tiny_model_dir(tmp_path / "model", hidden=64)
+    rows = [json.loads(line) for line in HH.read_text().splitlines()[:16]]
+    (tmp_path / "swapped.jsonl").write_text("".join(
+        json.dumps({"chosen": r["rejected"], "rejected": r["chosen"]}) + "\n" for r in rows))
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    train(load_config(None, dict(model=str(tmp_path / "model"), data=str(tmp_path / "swapped.jsonl"),
+                                 eval_data=str(tmp_path / "eval.jsonl"), output_dir=str(out), max_length=256,
+                                 learning_rate=2e-3, per_device_train_batch_size=4, max_steps=16, eval_steps=2,
+                                 skip_invalid=True, progress=False, ref_cache_dir=str(tmp_path / "cache"), seed=0)),
+          log=lambda *a, **k: None)
+    found = {json.loads(line)["check"] for line in (out / "doctor.jsonl").read_text().splitlines()}
+    assert "inverted_data" in found, found
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval/rewards/accuracies" in r]
+    assert evals[-1]["eval/rewards/accuracies"] < 0.45

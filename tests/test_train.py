@@ -37,7 +37,8 @@ def run(assets, tmp_path, name="run", **overrides):
 
 
 def weights(run_dir: Path) -> dict:
-    return load_file(str(run_dir / "model.safetensors"))
+    adapter = run_dir / "adapter_model.safetensors"  # a LoRA run saves its adapter
+    return load_file(str(adapter if adapter.is_file() else run_dir / "model.safetensors"))
 
 
 def test_training_learns_and_saves_a_loadable_model(assets, tmp_path):
@@ -107,17 +108,30 @@ def test_metrics_are_pair_weighted_over_the_logging_window(assets, tmp_path):
     assert pairs2[0]["pairs"] == 8
 
 
-def test_resume_from_checkpoint_matches_uninterrupted_run(assets, tmp_path):
-    _, _, full = run(assets, tmp_path, "full", max_steps=4)
-    _, _, part = run(assets, tmp_path, "part", max_steps=4, save_steps=2)
+@pytest.mark.parametrize("variant", ["full", "tr_dpo", "lora"])
+def test_resume_from_checkpoint_matches_uninterrupted_run(assets, tmp_path, variant):
+    kw = {"full": {},
+          # TR-DPO moves its (separate, live) reference every step: the checkpoint must carry it
+          "tr_dpo": dict(sync_ref_model=True, ref_model_sync_steps=1, ref_model_mixup_alpha=0.5,
+                         precompute_ref_log_probs=False),
+          "lora": dict(lora_r=4, lora_alpha=8.0, learning_rate=1e-2)}[variant]
+    _, _, full = run(assets, tmp_path, "full", max_steps=4, **kw)
+    _, _, part = run(assets, tmp_path, "part", max_steps=4, save_steps=2, **kw)
     # simulate a crash after step 2: drop the final model and later metrics, resume from checkpoint-2
     ckpts = ckpt.list_checkpoints(part / "checkpoints")
     assert [p.name for p in ckpts] == ["checkpoint-2", "checkpoint-4"]
+    saved = load_file(str(ckpts[0] / "model.safetensors"))
+    if variant == "lora":  # adapter weights only: the frozen base is reloaded from --model
+        assert saved and all("lora_" in k for k in saved), sorted(saved)[:5]
+    else:
+        assert len(saved) > 5 and "model.norm.weight" in saved  # the whole model
+    assert (ckpts[0] / "reference.safetensors").is_file() == (variant == "tr_dpo")
     import shutil
 
     shutil.rmtree(ckpts[-1])
-    (part / "model.safetensors").unlink()
-    run(assets, tmp_path, "part", max_steps=4, save_steps=2, resume="auto")
+    for f in ("model.safetensors", "adapter_model.safetensors"):
+        (part / f).unlink(missing_ok=True)
+    run(assets, tmp_path, "part", max_steps=4, save_steps=2, resume="auto", **kw)
     wa, wb = weights(full), weights(part)
     for name in wa:
         assert torch.equal(wa[name], wb[name]), name  # bitwise

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 
 MANIFEST = "manifest.json"
 
@@ -56,17 +56,32 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _weights_to_save(model) -> Optional[dict]:
+    """A LoRA (peft) policy: only the adapter weights (trainable, plus a frozen `reference` adapter that TR-DPO
+    moves); the base weights never change and are reloaded from --model. None = the whole model."""
+    if not hasattr(model, "peft_config"):
+        return None
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad or "lora_" in n}
+
+
 def save_checkpoint(ckpt_root: Path, step: int, *, model, optimizer, scheduler, loop_state: dict,
-                    total_limit: int = 2) -> Path:
+                    total_limit: int = 2, reference=None) -> Path:
     """Write checkpoint-STEP atomically; keep the newest `total_limit`. Raises OSError on a failed write
-    (the temporary folder is removed, earlier checkpoints are untouched)."""
+    (the temporary folder is removed, earlier checkpoints are untouched). `reference`: a live reference model that
+    changes during training (TR-DPO), saved too so that a resumed run continues from the mixed reference."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"checkpoint-{step}"
     tmp = ckpt_root / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        save_model(model, str(tmp / "model.safetensors"))
+        partial = _weights_to_save(model)
+        if partial is None:
+            save_model(model, str(tmp / "model.safetensors"))
+        else:
+            save_file(partial, str(tmp / "model.safetensors"), metadata={"tiltlm": "adapter weights only"})
+        if reference is not None:
+            save_model(reference, str(tmp / "reference.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
                    tmp / "state.pt")
         (tmp / "loop_state.json").write_text(json.dumps(loop_state, indent=1))
@@ -139,7 +154,7 @@ def find_resumable(ckpt_root: Path, requested: str, log=print) -> Optional[Path]
     return None
 
 
-def load_checkpoint(ckpt: Path, *, model, optimizer, scheduler) -> dict:
+def load_checkpoint(ckpt: Path, *, model, optimizer, scheduler, reference=None) -> dict:
     """Restore model/optimizer/scheduler/RNG in place; returns the loop state."""
     if (ckpt / "sharded").is_dir():  # written by --dist fsdp ranks (fsdp.py)
         from .fsdp import load_checkpoint as load_sharded
@@ -148,6 +163,8 @@ def load_checkpoint(ckpt: Path, *, model, optimizer, scheduler) -> dict:
     missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
     if unexpected:
         raise ValueError(f"checkpoint {ckpt} has weights this model does not: {sorted(unexpected)[:5]}")
+    if reference is not None and (ckpt / "reference.safetensors").is_file():
+        load_model(reference, str(ckpt / "reference.safetensors"))
     state = torch.load(ckpt / "state.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -16,7 +16,7 @@ from typing import Optional, get_args, get_origin, get_type_hints
 from .config import ALIASES, ConfigError, TrainConfig, load_config
 
 # modules that register their own subcommands with add_cli(subparsers)
-SUBCOMMAND_MODULES = ("tiltlm.data", "tiltlm.explain", "tiltlm.landscape", "tiltlm.diagnostics", "tiltlm.report",
+SUBCOMMAND_MODULES = ("tiltlm.data", "tiltlm.explain", "tiltlm.landscape", "tiltlm.doctor_run", "tiltlm.report",
                       "tiltlm.demo", "tiltlm.evaluate")
 
 

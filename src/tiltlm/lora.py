@@ -165,6 +165,14 @@ def maybe_sync_reference(cfg, policy, reference, step: int) -> bool:
     return True
 
 
+def moving_reference_model(cfg, reference) -> Optional[torch.nn.Module]:
+    """The separate reference model that TR-DPO changes during training (it must go into checkpoints), else None.
+    (A LoRA reference adapter lives inside the policy and is checkpointed with it.)"""
+    if cfg.sync_ref_model and not isinstance(reference, AdapterReference):
+        return getattr(reference, "model", None)
+    return None
+
+
 def save(policy, path: Path, tokenizer, merge: bool, log: Callable = print) -> bool:
     """Write the adapter (and the merged model under PATH/merged); False if `policy` is not a peft model."""
     if not hasattr(policy, "peft_config"):

@@ -15,7 +15,8 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from .diagnostics import Finding, diagnose_run, load_run_config, read_jsonl
+from .diagnostics import Finding
+from .doctor_run import diagnose_run, load_run_config, read_jsonl
 
 CHOSEN, REJECTED, NEUTRAL, KL, GRAD, EVAL = "#16a34a", "#dc2626", "#2563eb", "#7c3aed", "#ea580c", "#0f172a"
 SEV_COLOR = {"error": ("#fef2f2", "#dc2626"), "warning": ("#fffbeb", "#d97706"), "info": ("#eff6ff", "#2563eb")}

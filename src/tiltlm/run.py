@@ -156,19 +156,20 @@ class RunDir:
                 self._report(f)
         return record
 
-    def _write_checkpoint(self, state: dict, model, optimizer, scheduler):
+    def _write_checkpoint(self, state: dict, model, optimizer, scheduler, reference=None):
         from . import dist
 
-        if dist.fsdp_enabled():  # every rank writes its shards (fsdp.py)
-            from .fsdp import save_checkpoint as write
-        else:
-            write = ckpt.save_checkpoint
-        return write(self.checkpoints, state["step"], model=model, optimizer=optimizer, scheduler=scheduler,
-                     loop_state=dict(state), total_limit=self.cfg.save_total_limit)
+        kw = dict(model=model, optimizer=optimizer, scheduler=scheduler, loop_state=dict(state),
+                  total_limit=self.cfg.save_total_limit)
+        if dist.fsdp_enabled():  # every rank writes its shards (fsdp.py); TR-DPO is refused under FSDP
+            from .fsdp import save_checkpoint as write_sharded
 
-    def save_checkpoint(self, state: dict, model, optimizer, scheduler) -> None:
+            return write_sharded(self.checkpoints, state["step"], **kw)
+        return ckpt.save_checkpoint(self.checkpoints, state["step"], reference=reference, **kw)
+
+    def save_checkpoint(self, state: dict, model, optimizer, scheduler, reference=None) -> None:
         try:
-            path = self._write_checkpoint(state, model, optimizer, scheduler)
+            path = self._write_checkpoint(state, model, optimizer, scheduler, reference)
             self.log(f"checkpoint: {path}")
         except OSError as e:  # e.g. disk full: the previous checkpoint is untouched; keep training
             good = ckpt.list_checkpoints(self.checkpoints)

@@ -159,10 +159,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
     scheduler = schedule(optimizer, cfg, total_steps)
     state = {"step": 0, "pairs_seen": 0, "nonfinite_total": 0, "bco_sum": 0.0, "bco_n": 0}
+    moving_ref = lora.moving_reference_model(cfg, s.reference)  # TR-DPO's separate reference: checkpointed too
     if cfg.resume:
         found = ckpt.find_resumable(run.checkpoints, cfg.resume, log=log)
         if found is not None:
-            state = ckpt.load_checkpoint(found, model=s.policy, optimizer=optimizer, scheduler=scheduler)
+            state = ckpt.load_checkpoint(found, model=s.policy, optimizer=optimizer, scheduler=scheduler,
+                                         reference=moving_ref)
             run.truncate_metrics(after_step=state["step"])
             log(f"resumed from {found} at step {state['step']}")
         else:
@@ -233,14 +235,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
             if s.eval_pairs and cfg.eval_steps > 0 and state["step"] % cfg.eval_steps == 0:
                 run.log_eval({"step": state["step"], **evaluate(s, hp)}, doctor)
             if cfg.save_steps > 0 and state["step"] % cfg.save_steps == 0:
-                run.save_checkpoint(state, s.policy, optimizer, scheduler)
+                run.save_checkpoint(state, s.policy, optimizer, scheduler, moving_ref)
             bar.update(1)
     finally:
         bar.close()
         for sig, h in handlers.items():
             signal.signal(sig, h)
     if stop["signal"] is not None:
-        run.save_checkpoint(state, s.policy, optimizer, scheduler)
+        run.save_checkpoint(state, s.policy, optimizer, scheduler, moving_ref)
         log(f"stopped by signal {stop['signal']} at step {state['step']}; resume with --resume auto")
         return {**last, "interrupted": True}
     if s.eval_pairs:
