@@ -290,7 +290,7 @@ def prepare_run(cfg, log: Callable = print):
 
 # ------------------------------------------------------------------------------------- distributed reference pass
 def cached_reference(model, model_fingerprint: str, dtype: str, pairs, *, cache_dir=None, batch_size: int = 8,
-                     pad_token_id: int = 0, chunk_size: int = 1024, log=print):
+                     pad_token_id: int = 0, chunk_size: int = 1024, log=print, progress: bool = False):
     """reference.cached_reference, distributed: rank 0 looks the cache up; on a miss every rank scores its
     shard of the pairs, the shards are all-gathered, and rank 0 writes the table. Every rank ends with the same
     full table (no shared filesystem needed: a hit is broadcast from rank 0)."""
@@ -298,7 +298,8 @@ def cached_reference(model, model_fingerprint: str, dtype: str, pairs, *, cache_
 
     if not _CTX.enabled:
         return R.cached_reference(model, model_fingerprint, dtype, pairs, cache_dir=cache_dir,
-                                  batch_size=batch_size, pad_token_id=pad_token_id, chunk_size=chunk_size, log=log)
+                                  batch_size=batch_size, pad_token_id=pad_token_id, chunk_size=chunk_size, log=log,
+                                  progress=progress)
     from .logps import score_pairs
 
     path = Path(cache_dir or R.default_cache_dir()) / f"ref-{R.cache_key(model_fingerprint, dtype, pairs)}.parquet"

@@ -114,7 +114,8 @@ def default_cache_dir() -> Path:
 
 def cached_reference(model: torch.nn.Module, model_fingerprint: str, dtype: str, pairs: Sequence[TokenizedPair], *,
                      cache_dir: Optional[str] = None, batch_size: int = 8, pad_token_id: int = 0,
-                     chunk_size: int = 1024, log=print) -> tuple[CachedReference, Path, bool]:
+                     chunk_size: int = 1024, log=print, progress: bool = False
+                     ) -> tuple[CachedReference, Path, bool]:
     """Load the reference log-probs of `pairs` from the cache, or compute and store them. Returns (ref, path, hit)."""
     key = cache_key(model_fingerprint, dtype, pairs)
     path = Path(cache_dir or default_cache_dir()) / f"ref-{key}.parquet"
@@ -127,7 +128,11 @@ def cached_reference(model: torch.nn.Module, model_fingerprint: str, dtype: str,
         except Exception as e:  # a corrupt cache file is recomputed, never trusted
             log(f"reference cache {path} unreadable ({e}); recomputing")
     log(f"reference log-probs: computing {len(pairs)} pairs once -> {path}")
-    logps = score_pairs(model, pairs, batch_size=batch_size, pad_token_id=pad_token_id, chunk_size=chunk_size)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(pairs), desc="reference log-probs", unit="pair", disable=not progress, leave=False) as bar:
+        logps = score_pairs(model, pairs, batch_size=batch_size, pad_token_id=pad_token_id, chunk_size=chunk_size,
+                            progress=bar.update)
     ref = CachedReference([p.index for p in pairs], logps)
     ref.save(path, metadata={"model_fingerprint": model_fingerprint, "dtype": dtype, "pairs": len(pairs)})
     return ref, path, False

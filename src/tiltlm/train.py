@@ -100,7 +100,8 @@ def setup(cfg: TrainConfig, log=print) -> Setup:
             # the policy at step 0 IS the reference: score with it before training, then no second model exists
             fp = lora.fingerprint(cfg, fingerprint(ref_path))
             kw = dict(cache_dir=cfg.ref_cache_dir, batch_size=cfg.per_device_eval_batch_size,
-                      pad_token_id=tokenizer.pad_token_id, chunk_size=cfg.logps_chunk_size, log=log)
+                      pad_token_id=tokenizer.pad_token_id, chunk_size=cfg.logps_chunk_size, log=log,
+                      progress=cfg.progress)
             reference, path, _ = cached_reference(ref_model, fp, cfg.dtype, pairs, **kw)
             eval_reference = cached_reference(ref_model, fp, cfg.dtype, eval_pairs, **kw)[0] if eval_pairs else None
             run.write_json("reference.json", {"cache": str(path), "model_fingerprint": fp})
@@ -174,7 +175,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     handlers = {sig: signal.signal(sig, lambda n, _f: stop.update(signal=n)) for sig in (signal.SIGINT,
                                                                                           signal.SIGTERM)}
     bar = run.progress(total_steps, state["step"])
-    window, consecutive_bad, last = MetricWindow(), 0, {}
+    window, consecutive_bad, last, last_eval = MetricWindow(), 0, {}, {}
     s.policy.train()
     try:
         while state["step"] < total_steps and stop["signal"] is None:
@@ -233,7 +234,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 run.log_metrics(last, doctor, bar)
                 window = MetricWindow()
             if s.eval_pairs and cfg.eval_steps > 0 and state["step"] % cfg.eval_steps == 0:
-                run.log_eval({"step": state["step"], **evaluate(s, hp)}, doctor)
+                last_eval = run.log_eval({"step": state["step"], **evaluate(s, hp)}, doctor)
             if cfg.save_steps > 0 and state["step"] % cfg.save_steps == 0:
                 run.save_checkpoint(state, s.policy, optimizer, scheduler, moving_ref)
             bar.update(1)
@@ -246,7 +247,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
         log(f"stopped by signal {stop['signal']} at step {state['step']}; resume with --resume auto")
         return {**last, "interrupted": True}
     if s.eval_pairs:
-        last = {**last, **run.log_eval({"step": state["step"], **evaluate(s, hp)}, doctor)}
+        if last_eval.get("step") != state["step"]:  # not already evaluated at this very step
+            last_eval = run.log_eval({"step": state["step"], **evaluate(s, hp)}, doctor)
+        last = {**last, **last_eval}
     scores = pair_scores(s, hp, forward_pairs)  # (under FSDP every rank scores the same pairs: collectives)
     run.finish(s, doctor, scores, fsdp.full_state_dict(s.policy) if dist.fsdp_enabled() else None)
     return last
