@@ -234,3 +234,16 @@ def test_bad_rows_stop_training_with_file_line_field_or_are_skipped(assets, tmp_
     assert sorted(s["kind"] for s in skipped) == ["empty_prompt", "identical_responses", "invalid_json"]
     stats = json.loads((tmp_path / "skip" / "data_stats.json").read_text())
     assert stats["valid"] == 4 and stats["skipped"] == 3
+
+
+def test_tensorboard_receives_the_logged_metrics(assets, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, records, out = run(assets, tmp_path, "tb", report_to="tensorboard", max_steps=3)
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "grad_norm", "learning_rate"} <= tags
+    losses = [e.value for e in acc.Scalars("loss")]
+    assert [e.step for e in acc.Scalars("loss")] == [r["step"] for r in records]
+    assert losses == pytest.approx([r["loss"] for r in records], abs=1e-6)
