@@ -365,6 +365,7 @@ def strip_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-__all__ = ["DistContext", "context", "init", "fsdp_enabled", "max_int", "device", "rank_zero", "barrier", "shard", "all_reduce_grads", "clip_grad_norm",
+__all__ = ["DistContext", "context", "init", "fsdp_enabled", "max_int", "device", "rank_zero", "barrier", "shard",
+           "all_reduce_grads", "clip_grad_norm",
            "all_true", "sum_scalars", "gather_objects", "reduce_window", "sync_counters", "prepare_run",
            "cached_reference", "launch", "strip_nproc"]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .batching import ModelBatch, collate
+from .fsdp import root_of as fsdp_root_of
 from .types import PairLogps, TokenizedPair
 
 
@@ -83,7 +84,7 @@ def chunked_token_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: 
 def token_logps(model: torch.nn.Module, batch: ModelBatch, *, chunked: bool = True,
                 chunk_size: int = 1024) -> torch.Tensor:
     """Per-completion-token log-probs (T,), fp32, in the order of batch.labels."""
-    root = model.__dict__.get("_tilt_fsdp_root")
+    root = fsdp_root_of(model)
     if root is not None:  # --dist fsdp: the whole computation runs inside the FSDP root unit's forward (fsdp.py)
         return root(batch, chunked, chunk_size)
     return unsharded_token_logps(model, batch, chunked=chunked, chunk_size=chunk_size)
