@@ -156,9 +156,9 @@ def find_resumable(ckpt_root: Path, requested: str, log=print) -> Optional[Path]
 
 def load_checkpoint(ckpt: Path, *, model, optimizer, scheduler, reference=None) -> dict:
     """Restore model/optimizer/scheduler/RNG in place; returns the loop state."""
-    if (ckpt / "sharded").is_dir():  # written by --dist fsdp ranks (fsdp.py)
-        from .fsdp import load_checkpoint as load_sharded
+    from .fsdp import is_sharded, load_checkpoint as load_sharded  # (fsdp imports this module: import here)
 
+    if is_sharded(ckpt):  # written by --dist fsdp ranks
         return load_sharded(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
     missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
     if unexpected:

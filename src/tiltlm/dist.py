@@ -18,6 +18,7 @@ With world size 1 (a plain `tilt train`) every function here is a no-op returnin
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -167,7 +168,7 @@ def clip_grad_norm(params: Sequence[torch.nn.Parameter], max_norm: float) -> flo
         total = sum_scalars(total)[0]
     norm = total ** 0.5
     coef = max_norm / (norm + 1e-6)
-    if coef < 1.0 and norm == norm and norm != float("inf"):
+    if coef < 1.0 and math.isfinite(norm):
         for g in local:
             g.mul_(coef)
     return norm

@@ -91,7 +91,10 @@ def set_gradient_sync(model: nn.Module, sync: bool) -> None:
 
 
 def pad_calls(batches: list) -> list[tuple[object, bool]]:
-    """[(batch, real)]: as many entries on every rank; padding entries repeat a batch and must weigh zero."""
+    """[(batch, real)]: under FSDP as many entries on every rank, padding entries repeating a batch (they must
+    weigh zero); otherwise every batch once, all real."""
+    if not dist.fsdp_enabled():
+        return [(b, True) for b in batches]
     n = len(batches)
     most = int(dist.max_int(n))
     if n == 0 and most > 0:

@@ -132,16 +132,16 @@ def forward_pairs(s: Setup, batch, hp: LossHParams, reference=None):
 def evaluate(s: Setup, hp: LossHParams) -> dict:
     window = MetricWindow()
     cfg = s.cfg
-    mine = dist.shard(s.eval_pairs) or s.eval_pairs[:1]  # each rank evaluates its share
+    own = dist.shard(s.eval_pairs)  # each rank evaluates its share
+    mine = own or s.eval_pairs[:1]  # (an empty share still runs one batch under FSDP: matching collectives)
     batches = [b for start in range(0, len(mine), cfg.per_device_eval_batch_size)
                for b in micro_batches(mine[start:start + cfg.per_device_eval_batch_size],
                                       batch_size=cfg.per_device_eval_batch_size, prefix_sharing=cfg.prefix_sharing,
                                       packing=False, max_tokens_per_batch=cfg.max_tokens_per_batch,
                                       pad_token_id=s.tokenizer.pad_token_id)]
-    real_pairs = dist.shard(s.eval_pairs)
-    for batch, real in fsdp.pad_calls(batches) if dist.fsdp_enabled() else [(b, True) for b in batches]:
+    for batch, real in fsdp.pad_calls(batches):
         out = forward_pairs(s, batch.to(s.device), hp, s.eval_reference)
-        if real and real_pairs:  # a rank with no eval pairs of its own ran one only to match FSDP's collectives
+        if real and own:  # a rank with no eval pairs of its own ran one only to match FSDP's collectives
             window.add(*out)
     return {f"eval/{k}": v for k, v in dist.reduce_window(window).compute().items()}
 
@@ -188,7 +188,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                                     prefix_sharing=cfg.prefix_sharing, packing=cfg.packing,
                                     max_tokens_per_batch=cfg.max_tokens_per_batch,
                                     pad_token_id=s.tokenizer.pad_token_id)
-            calls = fsdp.pad_calls(batches) if dist.fsdp_enabled() else [(b, True) for b in batches]
+            calls = fsdp.pad_calls(batches)
             for k, (batch, real) in enumerate(calls):
                 fsdp.set_gradient_sync(s.policy, k == len(calls) - 1)  # FSDP: reduce-scatter once per step
                 policy, ref, out = forward_pairs(s, batch.to(s.device), hp)
