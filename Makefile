@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-slow bench clean
+.PHONY: install demo test test-fast test-slow lint-imports bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +20,17 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/tilt demo --output-dir runs/demo
 
-# fast tests first, then the slow real-model tests (skip those locally with `make test-fast`)
-test: install
+# the import contracts (layers point one way, no circles; pyproject.toml), then the fast tests, then the slow
+# real-model tests (skip those locally with `make test-fast`)
+test: lint-imports
 	$(PY) -m pytest -q -m "not slow" tests
 	$(PY) -m pytest -q -m slow tests
 
-test-fast: install
+test-fast: lint-imports
 	$(PY) -m pytest -q -m "not slow" tests
+
+lint-imports: install
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 
 test-slow: install
 	$(PY) -m pytest -q -m slow tests

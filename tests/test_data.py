@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 import fixtures_gen as fg
-from tiltlm.data import (DataError, RowIssue, add_cli, load_examples, prepare_dataset, read_rows,
-                         split_implicit_text, validate_examples)
+from tiltlm.commands.data import add_cli
+from tiltlm.data import (DataError, RowIssue, load_examples, prepare_dataset, read_rows, split_implicit_text,
+                         validate_examples)
 
-HH = Path("/work/shared/data/hh_harmless_dev.jsonl")
+HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_dev.jsonl"
 
 
 def _key(ex):
@@ -182,11 +183,11 @@ def test_cli_data_check(tmp_path, bad_cases, fixtures, capsys):
 
 
 def test_cli_data_check_with_model(tmp_path, smollm2_tokenizer, capsys, monkeypatch):
-    import tiltlm.data.tokenize as tk
+    import tiltlm.commands.data as data_cmd
     from tiltlm.assets import smollm2_gguf_path
 
     loaded = []  # reuse the session tokenizer (loading the GGUF again takes ~30 s); check the CLI asks for it
-    monkeypatch.setattr(tk, "load_tokenizer", lambda path, **kw: loaded.append(path) or smollm2_tokenizer)
+    monkeypatch.setattr(data_cmd, "load_tokenizer", lambda path, **kw: loaded.append(path) or smollm2_tokenizer)
     p = fg.write_jsonl(tmp_path / "d.jsonl", [fg.GOOD, {"prompt": "word " * 50, "chosen": " a", "rejected": " b"}])
     assert _run_cli(["data", "check", str(p), "--model", str(smollm2_gguf_path()), "--max-length", "20"]) == 1
     assert loaded == [str(smollm2_gguf_path())]

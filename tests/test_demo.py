@@ -101,7 +101,7 @@ def test_pairs_best_of_n_and_accuracy(tiny):
 
 def test_quick_demo_end_to_end(tmp_path, capsys):
     """`tilt demo --quick`: DPO must raise the ground-truth reward over the SFT model and rank held-out pairs."""
-    from tiltlm.cli import main
+    from tiltlm.commands.cli import main
 
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--output-dir", str(out), "--seed", "0"]) == 0
@@ -125,4 +125,3 @@ def test_full_demo(tmp_path):
     m = run_demo(tmp_path / "demo", seed=0, log=lambda *_: None)
     assert m["after"]["reward"] > m["before"]["reward"] + 1.0
     assert m["after"]["accuracy"] > 0.7
-    assert m["timings"]["total_s"] < 300

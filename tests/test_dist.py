@@ -17,12 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiltlm import checkpoint as ckpt
-from tiltlm import dist
+from tiltlm import train
 from tiltlm.config import load_config
-from tiltlm.train import train
-
-from tiny_models import tiny_model_dir, write_pairs
+from tiltlm.parallel import comm
+from tiltlm.training import checkpoint as ckpt
 
 QUIET = lambda *a, **k: None  # noqa: E731
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -32,17 +30,13 @@ KEYS = ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/marg
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist")
-    tiny_model_dir(root / "model")
-    write_pairs(root / "train.jsonl", n=16)
-    write_pairs(root / "eval.jsonl", n=6, seed=1)
-    return root
+def assets(tiny_assets):
+    return tiny_assets
 
 
 def opts(assets, out, **kw):
     o = dict(model=str(assets / "model"), data=str(assets / "train.jsonl"), output_dir=str(out),
-             eval_data=str(assets / "eval.jsonl"), eval_steps=2, learning_rate=1e-3, max_steps=4,
+             eval_data=str(assets / "eval6.jsonl"), eval_steps=2, learning_rate=1e-3, max_steps=4,
              per_device_train_batch_size=4, per_device_eval_batch_size=2, progress=False, seed=0,
              ref_cache_dir=str(out) + "-cache", doctor=False)
     o.update(kw)
@@ -91,12 +85,12 @@ def test_shard_is_disjoint_and_complete(monkeypatch):
     items = list(range(11))
     got = []
     for rank in range(3):
-        monkeypatch.setattr(dist, "_CTX", dist.DistContext(rank=rank, world=3))
-        got.append(dist.shard(items))
+        monkeypatch.setattr(comm, "_WORLD", comm.World(rank=rank, size=3))
+        got.append(comm.shard(items))
     assert sorted(x for part in got for x in part) == items
     assert all(len(part) in (3, 4) for part in got)
-    monkeypatch.setattr(dist, "_CTX", dist.DistContext())
-    assert dist.shard(items) == items and dist.all_true(True) and dist.sum_scalars(1.5, 2) == [1.5, 2]
+    monkeypatch.setattr(comm, "_WORLD", comm.World())
+    assert comm.shard(items) == items and comm.all_true(True) and comm.sum_scalars(1.5, 2) == [1.5, 2]
 
 
 def assert_same_run(single, out2, proc, n_records=6):
@@ -132,7 +126,7 @@ def test_two_ranks_equal_one_process_with_double_batch(single, double):
 
 def test_distributed_reference_pass_equals_single_process(single, double):
     out2, _ = double
-    from tiltlm.reference import CachedReference
+    from tiltlm.model.reference import CachedReference
 
     a = CachedReference.load(json.loads((single / "reference.json").read_text())["cache"]).to_rows()
     b = CachedReference.load(json.loads((out2 / "reference.json").read_text())["cache"]).to_rows()

@@ -8,8 +8,11 @@ import math
 
 import pytest
 
-from tiltlm.diagnostics import Doctor, DoctorThresholds, Finding, initial_loss
-from tiltlm.doctor_run import add_cli, diagnose_run
+from tiltlm.commands.doctor import add_cli
+from tiltlm.doctor.checks import Doctor, DoctorThresholds, Finding, initial_loss
+from tiltlm.doctor.replay import diagnose_run
+
+from tiny_models import real_data_stats
 
 LN2 = math.log(2)
 
@@ -42,8 +45,13 @@ def healthy_stream(n: int = 60) -> list[dict]:
     return [healthy_record(s, n) for s in range(1, n + 1)]
 
 
-HEALTHY_STATS = {"pairs": 480, "chosen_longer_frac": 0.52,
-                 "tokens": {"chosen": {"mean": 101.0}, "rejected": {"mean": 99.0}}}
+@pytest.fixture(scope="module")
+def healthy_stats(tmp_path_factory):
+    """Balanced lengths: chosen longer in 52% of 50 pairs, the same mean length (data.prepare_dataset's output)."""
+    path = tmp_path_factory.mktemp("stats") / "pairs.jsonl"
+    stats = real_data_stats(path, [8] * 26 + [6] * 24, [6] * 26 + [8] * 24)
+    assert stats["chosen_longer_frac"] == pytest.approx(0.52)
+    return stats
 
 
 def run(stream, *, beta=0.1, lr=5e-7, loss_types=("sigmoid",), stats=None, evals=()) -> list[Finding]:
@@ -67,8 +75,8 @@ HEALTHY_EVALS = [{"step": s, "eval/loss": 0.6, "eval/rewards/accuracies": a, "ev
                  for s, a, m in ((20, 0.62, 0.2), (40, 0.7, 0.5), (60, 0.74, 0.8))]
 
 
-def test_healthy_run_triggers_nothing():
-    assert run(healthy_stream(), stats=HEALTHY_STATS, evals=HEALTHY_EVALS) == []
+def test_healthy_run_triggers_nothing(healthy_stats):
+    assert run(healthy_stream(), stats=healthy_stats, evals=HEALTHY_EVALS) == []
 
 
 def test_healthy_short_run_triggers_nothing():
@@ -155,9 +163,10 @@ def test_reference_mismatch_grad_spike():
     assert len(found) == 1 and "grad_norm" in found[0].message
 
 
-def test_length_bias_from_data_stats():
-    found = run(healthy_stream(), stats={"chosen_longer_frac": 0.78,
-                                         "tokens": {"chosen": {"mean": 210}, "rejected": {"mean": 120}}})
+def test_length_bias_from_data_stats(tmp_path):
+    stats = real_data_stats(tmp_path / "pairs.jsonl", [12] * 39 + [6] * 11, [6] * 39 + [12] * 11)
+    assert stats["chosen_longer_frac"] == pytest.approx(0.78)
+    found = run(healthy_stream(), stats=stats)
     assert checks(found) == {"length_bias"} and found[0].step == 0
     assert "78%" in found[0].message and "sigmoid_norm" in found[0].fix
 
@@ -222,7 +231,7 @@ def test_observe_returns_only_new_findings():
     assert DoctorThresholds().length_chosen_longer_frac == 0.65
 
 
-def _write_run(tmp_path, stream, evals=(), cfg="beta: 0.1\nlearning_rate: 5.0e-7\nloss_type: [sigmoid]\n"):
+def _write_run(tmp_path, stream, stats, evals=(), cfg="beta: 0.1\nlearning_rate: 5.0e-7\nloss_type: [sigmoid]\n"):
     lines = []
     ev = {e["step"]: e for e in evals}
     for r in stream:
@@ -231,11 +240,11 @@ def _write_run(tmp_path, stream, evals=(), cfg="beta: 0.1\nlearning_rate: 5.0e-7
             lines.append(json.dumps(ev[r["step"]]))
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n{\"step\": 6")  # truncated last line
     (tmp_path / "config.yaml").write_text(cfg)
-    (tmp_path / "data_stats.json").write_text(json.dumps(HEALTHY_STATS))
+    (tmp_path / "data_stats.json").write_text(json.dumps(stats))
 
 
-def test_diagnose_run_and_cli(tmp_path, capsys):
-    _write_run(tmp_path, healthy_stream(), HEALTHY_EVALS)
+def test_diagnose_run_and_cli(tmp_path, capsys, healthy_stats):
+    _write_run(tmp_path, healthy_stream(), healthy_stats, HEALTHY_EVALS)
     assert diagnose_run(tmp_path) == []
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers())
@@ -245,7 +254,7 @@ def test_diagnose_run_and_cli(tmp_path, capsys):
 
     bad = healthy_stream()
     bad[0].update({"loss": 1.9, "kl_proxy": 40.0})
-    _write_run(tmp_path, bad, cfg="beta: 0.1\nlearning_rate: 5.0e-7\nloss_type: sigmoid\n")
+    _write_run(tmp_path, bad, healthy_stats, cfg="beta: 0.1\nlearning_rate: 5.0e-7\nloss_type: sigmoid\n")
     args = parser.parse_args(["doctor", str(tmp_path), "--plain"])
     assert args.func(args) == 1
     rows = [json.loads(x) for x in (tmp_path / "doctor.jsonl").read_text().splitlines()]
@@ -256,7 +265,7 @@ def test_diagnose_run_and_cli(tmp_path, capsys):
         parser.parse_args(["doctor", str(tmp_path / "nope")])) == 2
 
 
-def test_healthy_run_with_lr_warmup_triggers_nothing():
+def test_healthy_run_with_lr_warmup_triggers_nothing(healthy_stats):
     """Warmup makes the first records look stuck and the KL grow superlinearly: still healthy."""
     n, warm = 100, 30
     prog = [min(t, warm) ** 2 / (2 * warm) + max(0, t - warm) for t in range(1, n + 1)]
@@ -268,7 +277,7 @@ def test_healthy_run_with_lr_warmup_triggers_nothing():
         if r["step"] > 1:
             r["loss"] = sig_loss(1.2 * x)
             r["rewards/accuracies"] = 0.56 + 0.3 * math.sqrt(x)
-    assert run(s, stats=HEALTHY_STATS) == []
+    assert run(s, stats=healthy_stats) == []
     for r in s:  # an exponential KL is a runaway only once the LR has stopped rising
         r["kl_proxy"] = 0.2 * math.exp(r["step"] / 9)
     assert checks(run(s)) == {"kl_runaway"}

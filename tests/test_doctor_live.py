@@ -5,21 +5,15 @@ from pathlib import Path
 
 import pytest
 
+from tiltlm import train
 from tiltlm.config import load_config
-from tiltlm.train import train
-
-from tiny_models import tiny_model_dir, write_pairs
 
 QUIET = lambda *a, **k: None  # noqa: E731
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("doctor")
-    tiny_model_dir(root / "model")
-    write_pairs(root / "train.jsonl", n=16)
-    write_pairs(root / "swapped.jsonl", n=16, swap=True)
-    return root
+def assets(tiny_assets):
+    return tiny_assets
 
 
 def findings(run_dir: Path) -> dict[str, dict]:
@@ -43,7 +37,7 @@ def test_healthy_run_gets_no_findings(assets, tmp_path):
 
 
 def test_inverted_loss_sign_is_caught_early(assets, tmp_path, monkeypatch):
-    import tiltlm.train as T
+    import tiltlm.training.step as T
     from tiltlm.types import LossOutput
 
     real = T.compute_loss

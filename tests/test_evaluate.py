@@ -10,7 +10,7 @@ import torch
 
 from tiltlm.demo import task as T
 from tiltlm.demo.tiny_model import make_tiny_model
-from tiltlm.evaluate import eval_metrics, load_reward_fn, read_prompts
+from tiltlm.commands.evaluate import eval_metrics, load_reward_fn, read_prompts
 from tiltlm.types import PairLogps
 
 
@@ -31,7 +31,7 @@ def models(tmp_path_factory):
 
 
 def _eval(args, capsys) -> dict:
-    from tiltlm.cli import main
+    from tiltlm.commands.cli import main
 
     assert main(["eval", *args, "--json"]) == 0
     out = capsys.readouterr().out
@@ -80,7 +80,7 @@ def test_eval_metrics_by_hand():
 
 
 def test_generate_writes_n_samples_with_rewards(models, tmp_path, capsys):
-    from tiltlm.cli import main
+    from tiltlm.commands.cli import main
 
     root, _, _ = models
     prompts = tmp_path / "prompts.jsonl"
@@ -103,7 +103,7 @@ def test_generate_writes_n_samples_with_rewards(models, tmp_path, capsys):
 def test_generate_uses_the_chat_template(models):
     from transformers import AutoTokenizer
 
-    from tiltlm.evaluate import render_prompt
+    from tiltlm.commands.evaluate import render_prompt
 
     root, _, _ = models
     tok = AutoTokenizer.from_pretrained(root / "a")

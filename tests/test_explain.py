@@ -4,9 +4,9 @@ import argparse
 
 import pytest
 
-from tiltlm import explain, landscape
-from tiltlm.explain import add_cli, explain_numbers, format_explanation, run_explain
-from tiltlm.losses import LOSSES
+from tiltlm.commands import explain, landscape
+from tiltlm.commands.explain import add_cli, explain_numbers, format_explanation, run_explain
+from tiltlm.core.losses import LOSSES
 
 SEED = ["--logp-chosen", "-3.5", "--logp-rejected", "-6.0", "--ref-chosen", "-4.0", "--ref-rejected", "-5.0",
         "--beta", "0.5"]
@@ -95,24 +95,23 @@ def test_errors(capsys):
                                             "--loss-type", "simpo"])) == 0
 
 
-def test_run_dir_uses_explain_pair(monkeypatch, capsys, tmp_path):
-    import sys
-    import types
+def test_run_dir_explains_a_pair_of_a_real_run(tiny_assets, tmp_path, capsys):
+    import re
 
-    calls = []
+    from tiltlm import train
+    from tiltlm.config import load_config
+    from tiltlm.rundir import read_jsonl
 
-    def fake(run_dir, pair_index):
-        calls.append((run_dir, pair_index))
-        d = explain_numbers(-3.5, -6.0, -4.0, -5.0, 0.5)
-        d.update(index=pair_index, source="data/train.jsonl:4", prompt="What is 2+2?")
-        return d
-
-    monkeypatch.setitem(sys.modules, "tiltlm.explain_pair", types.SimpleNamespace(explain_run_pair=fake))
-    args = parser().parse_args(["explain", str(tmp_path), "--pair", "3"])
-    assert run_explain(args) == 0
-    assert calls == [(str(tmp_path), 3)]
-    out = capsys.readouterr().out
-    assert "data/train.jsonl:4" in out and "0.3868" in out
+    out = tmp_path / "run"
+    train(load_config(None, dict(model=str(tiny_assets / "model"), data=str(tiny_assets / "train.jsonl"),
+                                 output_dir=str(out), max_steps=1, progress=False, doctor=False,
+                                 ref_cache_dir=str(tmp_path / "cache"))), log=lambda *a, **k: None)
+    row = next(r for r in read_jsonl(out / "pair_scores.jsonl") if r["index"] == 3)
+    assert run_explain(parser().parse_args(["explain", str(out), "--pair", "3"])) == 0
+    printed = capsys.readouterr().out
+    assert row["source"] in printed
+    loss = float(re.search(r"loss +L = .* = ([0-9.]+)", printed).group(1))
+    assert loss == pytest.approx(row["loss"], abs=1e-5)  # the walkthrough reproduces the run's own number
 
 
 def test_landscape_writes_png(tmp_path, capsys):
@@ -135,4 +134,5 @@ def test_landscape_data_matches_sigmoid_by_hand():
     assert d["hinge"]["grad"][4] == 0.0  # m = 2 >= 1
     with pytest.raises(ValueError):
         landscape.landscape_data(["nope"], landscape.LossHParams())
-    assert explain.MEANING.keys() == LOSSES.keys()
+    # every loss carries the facts explain/landscape/the doctor print (one LossSpec each, no side table)
+    assert all(spec.meaning and spec.formula and spec.citation for spec in LOSSES.values())

@@ -6,11 +6,11 @@
 import pytest
 import torch
 
-from tiltlm.batching import collate, micro_batches
-from tiltlm.logps import completion_logps, score_pairs, seed_response_logprob
+from tiltlm.core.batching import collate, micro_batches
+from tiltlm.core.logps import completion_logps, score_pairs
 from tiltlm.types import TokenizedPair
 
-from tiny_models import naive_logps, random_pairs, tiny_model
+from tiny_models import naive_logps, random_pairs, seed_response_logprob, tiny_model
 
 LAYOUTS = {  # name: (prefix_sharing, packing, chunked)
     "plain": (False, False, False),

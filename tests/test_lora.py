@@ -2,34 +2,44 @@
 path applies the adapter, saving writes the adapter (+ merged model); continuing an adapter; TR-DPO syncing."""
 
 import copy
+import functools
 import json
 
 import pytest
 import torch
 
-from tiltlm import lora
-from tiltlm.batching import collate
-from tiltlm.config import ConfigError, load_config
-from tiltlm.logps import completion_logps
-from tiltlm.reference import CachedReference
-from tiltlm.train import setup, train
+from tiltlm import train
+from tiltlm.config import load_config
+from tiltlm.core.batching import collate
+from tiltlm.core.logps import completion_logps, token_logps
+from tiltlm.data import prepare_dataset
+from tiltlm.errors import ConfigError
+from tiltlm.model import lora
+from tiltlm.model.loading import load_tokenizer
+from tiltlm.model.reference import CachedReference, LiveReference
+from tiltlm.parallel import strategy
+from tiltlm.training.setup import setup
 
-from tiny_models import random_pairs, tiny_model, tiny_model_dir, write_pairs
+from tiny_models import random_pairs, tiny_model
 
 QUIET = lambda *a, **k: None  # noqa: E731
 LN2 = 0.693147
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lora")
-    tiny_model_dir(root / "model")
-    write_pairs(root / "train.jsonl", n=12)
-    return root
+def assets(tiny_assets):
+    return tiny_assets
+
+
+def param_bytes(model) -> dict:
+    """Parameter bytes of a (peft) model: trainable vs frozen."""
+    tr = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    fr = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
+    return {"trainable_bytes": tr, "frozen_bytes": fr}
 
 
 def opts(assets, out, **kw):
-    o = dict(model=str(assets / "model"), data=str(assets / "train.jsonl"), output_dir=str(out), lora_r=4,
+    o = dict(model=str(assets / "model"), data=str(assets / "train12.jsonl"), output_dir=str(out), lora_r=4,
              lora_alpha=8, learning_rate=1e-2, per_device_train_batch_size=4, max_steps=3, progress=False, seed=0,
              ref_cache_dir=str(out) + "-cache", doctor=False)
     o.update(kw)
@@ -42,13 +52,9 @@ def run(assets, out, **kw):
     return final, [r for r in recs if "loss" in r]
 
 
-def _cfg(**kw):
-    return load_config(None, dict(lora_r=4, lora_alpha=8, **kw))
-
-
 def test_adapter_off_reference_equals_base_model_and_chunked_path_applies_lora():
     base = tiny_model("llama")
-    policy = lora.apply(_cfg(), copy.deepcopy(base), log=QUIET)
+    policy = lora.apply(copy.deepcopy(base), r=4, alpha=8, dropout=0.0, target_modules=["all-linear"], log=QUIET)
     batch = collate(random_pairs(6), prefix_sharing=True, pad_token_id=0)
     want = completion_logps(base, batch)
     # a fresh adapter (B = 0) is exactly the base model
@@ -57,7 +63,7 @@ def test_adapter_off_reference_equals_base_model_and_chunked_path_applies_lora()
         for name, p in policy.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
-    ref = lora.AdapterReference(policy)(batch)
+    ref = LiveReference(policy, functools.partial(token_logps, policy), switch=lora.reference_weights)(batch)
     torch.testing.assert_close(ref.chosen, want.chosen, atol=0, rtol=0)  # adapter off == base, bit for bit
     torch.testing.assert_close(ref.rejected, want.rejected, atol=0, rtol=0)
     chunked = completion_logps(policy, batch, chunked=True)
@@ -68,11 +74,13 @@ def test_adapter_off_reference_equals_base_model_and_chunked_path_applies_lora()
 
 def test_lora_training_memory_gradients_and_saving(assets, tmp_path):
     out = tmp_path / "run"
-    s = setup(load_config(None, opts(assets, out, precompute_ref_log_probs=False)), log=QUIET)
-    assert isinstance(s.reference, lora.AdapterReference) and s.reference.model is s.policy  # no second model
-    trainable = [n for n, p in s.policy.named_parameters() if p.requires_grad]
+    cfg = load_config(None, opts(assets, out, precompute_ref_log_probs=False))
+    s = setup(cfg, strategy.choose(cfg.dist), log=QUIET)
+    assert isinstance(s.reference, LiveReference) and s.reference.shares_policy  # adapter off: no second model
+    assert s.reference.model is s.model
+    trainable = [n for n, p in s.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    mem = lora.memory_note(s.policy)
+    mem = param_bytes(s.model)
     assert mem["trainable_bytes"] < 0.05 * mem["frozen_bytes"]  # optimizer state is ~2x the trainable bytes only
 
     final, recs = run(assets, out.with_name("lora"), merge_lora=True)
@@ -87,10 +95,7 @@ def test_lora_training_memory_gradients_and_saving(assets, tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(d / "merged")
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(assets / "model"), str(d))
     base = AutoModelForCausalLM.from_pretrained(assets / "model")
-    from tiltlm.data import prepare_dataset
-    from tiltlm.models import load_tokenizer
-
-    _, pairs, _ = prepare_dataset(str(assets / "train.jsonl"), load_tokenizer(str(assets / "model")), max_length=1024)
+    _, pairs, _ = prepare_dataset(str(assets / "train12.jsonl"), load_tokenizer(str(assets / "model")), max_length=1024)
     batch = collate(pairs[:4], prefix_sharing=True, pad_token_id=0)
     with torch.no_grad():
         m, a, b = (completion_logps(x.eval(), batch) for x in (merged, adapted, base))

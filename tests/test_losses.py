@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tiltlm.losses import LOSSES, REFERENCE_FREE, LossHParams, compute_loss, register
+from tiltlm.core.losses import LOSSES, REFERENCE_FREE, LossHParams, compute_loss, register
 from tiltlm.types import PairLogps
 
 LN2 = math.log(2.0)

@@ -7,7 +7,13 @@ import json
 import math
 import random
 
-from tiltlm.report import add_cli, build_report
+import torch
+
+from tiltlm.commands.report import add_cli, build_report
+from tiltlm.training.evaluation import score_row
+from tiltlm.types import LossOutput, PairLogps, PreferenceExample
+
+from tiny_models import real_data_stats
 
 PLOT_NAMES = ("rewards", "accuracy", "logps", "kl", "margins")
 
@@ -40,19 +46,20 @@ def make_run_dir(path, n: int = 80, seed: int = 0) -> None:
     (path / "config.yaml").write_text(
         "model: HuggingFaceTB/SmolLM2-135M-Instruct\ndata: data/hh_pairs.jsonl\nbeta: 0.1\nloss_type:\n- sigmoid\n"
         "learning_rate: 5.0e-07\nper_device_train_batch_size: 8\nmax_length: 1024\nprefix_sharing: true\n")
-    (path / "data_stats.json").write_text(json.dumps({
-        "pairs": 640, "skipped": 2, "truncated": 5, "chosen_longer_frac": 0.71,
-        "tokens": {k: {"mean": mu, "p50": mu - 8, "p95": mu * 2.1, "max": mu * 4}
-                   for k, mu in (("prompt", 61.0), ("chosen", 131.0), ("rejected", 97.0))}}))
-    pairs = []
+    # data_stats.json as training writes it: chosen longer than rejected in 71% of 100 pairs (length bias)
+    stats = real_data_stats(path / "pairs.src.jsonl", [12] * 71 + [6] * 29, [8] * 71 + [9] * 29)
+    (path / "pairs.src.jsonl").unlink()
+    (path / "data_stats.json").write_text(json.dumps(stats))
+    pairs = []  # pair_scores.jsonl rows made by the training run's own writer (score_row)
     for i in range(40):
-        margin = rng.gauss(0.6, 0.9)
-        pairs.append({"index": i, "source": f"data/hh_pairs.jsonl:{i + 1}",
-                      "prompt": f"Human: question {i}?\n\nAssistant:",
-                      "chosen": f"A careful answer number {i}." + (" <script>alert('x')</script>" if i == 7 else ""),
-                      "rejected": f"A careless answer {i}.", "policy_chosen_logps": -50.0, "ref_chosen_logps": -49.0,
-                      "chosen_tokens": 12, "rejected_tokens": 9, "margin": -5.0 if i == 7 else margin,
-                      "loss": math.log1p(math.exp(-(-5.0 if i == 7 else margin)))})
+        margin = -5.0 if i == 7 else rng.gauss(0.6, 0.9)
+        ex = PreferenceExample(i, f"data/hh_pairs.jsonl:{i + 1}", f"Human: question {i}?\n\nAssistant:",
+                               f"A careful answer number {i}." + (" <script>alert('x')</script>" if i == 7 else ""),
+                               f"A careless answer {i}.")
+        t = lambda x: torch.tensor([float(x)])  # noqa: E731
+        policy, ref = PairLogps(t(-50.0), t(-60.0), t(12), t(9)), PairLogps(t(-49.0), t(-59.0), t(12), t(9))
+        out = LossOutput(t(math.log1p(math.exp(-margin))), t(margin / 2), t(-margin / 2))
+        pairs.append(score_row(i, ex, policy, ref, out, 0))
     (path / "pair_scores.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from tiltlm.assets import smollm2_gguf_path
 from tiltlm.config import load_config
-from tiltlm.train import train
+from tiltlm import train
 
 from tiny_models import tiny_model_dir, write_pairs
 

@@ -7,23 +7,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiltlm import checkpoint as ckpt
-from tiltlm.cli import main as tilt
+from tiltlm import TrainingError, train
+from tiltlm.commands.cli import main as tilt
 from tiltlm.config import load_config
-from tiltlm.train import train
-
-from tiny_models import tiny_model_dir, write_pairs
+from tiltlm.parallel import strategy
+from tiltlm.training import checkpoint as ckpt
 
 QUIET = lambda *a, **k: None  # noqa: E731
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    tiny_model_dir(root / "model")
-    write_pairs(root / "train.jsonl", n=16)
-    write_pairs(root / "eval.jsonl", n=8, seed=1)
-    return root
+def assets(tiny_assets):
+    return tiny_assets
 
 
 def run(assets, tmp_path, name="run", **overrides):
@@ -157,7 +152,7 @@ def test_damaged_checkpoint_falls_back_to_previous(assets, tmp_path):
 
 
 def test_failed_checkpoint_write_keeps_last_good(assets, tmp_path, monkeypatch):
-    real = ckpt.save_model
+    real = strategy.save_model
     calls = {"n": 0}
 
     def flaky(model, path):
@@ -166,7 +161,7 @@ def test_failed_checkpoint_write_keeps_last_good(assets, tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real(model, path)
 
-    monkeypatch.setattr(ckpt, "save_model", flaky)
+    monkeypatch.setattr(strategy, "save_model", flaky)  # the writer of model.safetensors
     messages = []
     opts = dict(model=str(assets / "model"), data=str(assets / "train.jsonl"), output_dir=str(tmp_path / "disk"),
                 learning_rate=1e-3, per_device_train_batch_size=4, max_steps=3, save_steps=1, progress=False,
@@ -180,7 +175,7 @@ def test_failed_checkpoint_write_keeps_last_good(assets, tmp_path, monkeypatch):
 
 
 def test_nonfinite_steps_are_skipped_then_stop(assets, tmp_path, monkeypatch):
-    import tiltlm.train as T
+    import tiltlm.training.step as T
     from tiltlm.types import LossOutput
 
     real = T.compute_loss
@@ -190,7 +185,7 @@ def test_nonfinite_steps_are_skipped_then_stop(assets, tmp_path, monkeypatch):
         return LossOutput(out.losses * float("nan"), out.chosen_rewards, out.rejected_rewards)
 
     monkeypatch.setattr(T, "compute_loss", poisoned)
-    with pytest.raises(T.TrainingError, match="3 consecutive non-finite steps"):
+    with pytest.raises(TrainingError, match="3 consecutive non-finite steps"):
         run(assets, tmp_path, "nan", max_steps=5)
 
 

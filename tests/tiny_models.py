@@ -60,6 +60,16 @@ def naive_logps(model, pairs) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(out[0]), torch.stack(out[1])
 
 
+def seed_response_logprob(model, input_ids, attn_mask, response_mask) -> torch.Tensor:
+    """The seed document's response_logprob, verbatim in spirit: the reference every fast path is tested against."""
+    out = model(input_ids=input_ids, attention_mask=attn_mask, use_cache=False)
+    logits = out.logits[:, :-1, :].float()
+    targets = input_ids[:, 1:]
+    rm = response_mask[:, 1:].float()
+    logp_tok = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (logp_tok * rm).sum(dim=-1)
+
+
 def tiny_model_dir(path, seed: int = 0, hidden: int = 32, layers: int = 2):
     """A tiny random Llama (49k vocab) saved with SmolLM2's real tokenizer: a loadable HF model folder."""
     from tiltlm.assets import load_smollm2_tokenizer
@@ -100,3 +110,20 @@ def write_pairs(path, n: int = 24, seed: int = 0, swap: bool = False):
                 chosen, rejected = rejected, chosen
             f.write(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}) + "\n")
     return path
+
+
+def real_data_stats(path, chosen_words: list[int], rejected_words: list[int]) -> dict:
+    """data_stats.json exactly as training writes it: `prepare_dataset` on a generated pair file, tokenised with the
+    demo's word-level tokenizer (one token per word). Pair k has chosen_words[k] / rejected_words[k] words."""
+    import json
+
+    from tiltlm.data import prepare_dataset
+    from tiltlm.demo.task import POSITIVE, build_tokenizer
+
+    words = list(POSITIVE)
+    with open(path, "w") as f:
+        for k, (nc, nr) in enumerate(zip(chosen_words, rejected_words)):
+            prompt = f"the movie number {k} was"  # unique: no duplicate pairs
+            f.write(json.dumps({"prompt": prompt, "chosen": " " + " ".join(words[(k + j) % 12] for j in range(nc)),
+                                "rejected": " " + " ".join(words[(k + j + 5) % 12] for j in range(nr))}) + "\n")
+    return prepare_dataset(str(path), build_tokenizer(), max_length=1024)[2]

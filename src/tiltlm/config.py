@@ -14,9 +14,8 @@ from typing import Any, Optional, get_args, get_origin, get_type_hints
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A user mistake in the configuration: reported as one clear line, never a traceback."""
+from .core.losses import parse_loss_types
+from .errors import ConfigError
 
 
 @dataclass
@@ -99,13 +98,10 @@ class TrainConfig:
 
     # ------------------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
-        from .losses import LOSSES  # local import: losses imports torch only
-
-        if isinstance(self.loss_type, str):
-            self.loss_type = [s.strip() for s in self.loss_type.split(",") if s.strip()]
-        for name in self.loss_type:
-            if name not in LOSSES:
-                raise ConfigError(f"unknown loss_type {name!r}{_suggest(name, LOSSES)}; known: {', '.join(LOSSES)}")
+        try:
+            self.loss_type = parse_loss_types(self.loss_type)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ConfigError(
                 f"loss_weights has {len(self.loss_weights)} values but loss_type has {len(self.loss_type)}"
@@ -124,10 +120,37 @@ class TrainConfig:
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.report_to not in ("none", "tensorboard"):
             raise ConfigError(f"report_to must be none or tensorboard, got {self.report_to!r}")
-        from .lora import validate as validate_dist_and_lora
-
-        validate_dist_and_lora(self)
+        self._validate_dist_and_lora()
         return self
+
+    @property
+    def uses_lora(self) -> bool:
+        """Whether a LoRA adapter is trained (a new one, or a continued one)."""
+        return self.lora_r > 0 or bool(self.lora_adapter)
+
+    def _validate_dist_and_lora(self) -> None:
+        if self.lora_r < 0:
+            raise ConfigError(f"lora_r must be >= 0 (0 = LoRA off), got {self.lora_r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.merge_lora and not self.uses_lora:
+            raise ConfigError("--merge-lora needs --lora-r > 0 or --lora-adapter")
+        if self.lora_adapter and not (Path(self.lora_adapter).expanduser() / "adapter_config.json").is_file():
+            raise ConfigError(f"--lora-adapter {self.lora_adapter}: no adapter_config.json there (a peft adapter "
+                              "folder)")
+        if self.dist not in ("ddp", "fsdp"):
+            raise ConfigError(f"dist must be ddp or fsdp, got {self.dist!r}")
+        if self.dist == "fsdp" and (self.uses_lora or self.sync_ref_model):
+            raise ConfigError("--dist fsdp with LoRA or --sync-ref-model is not supported yet; use --dist ddp "
+                              "(a LoRA policy is small: every rank can hold it)")
+        if self.sync_ref_model:
+            if self.precompute_ref_log_probs:
+                raise ConfigError("--sync-ref-model updates the reference during training, so it cannot be "
+                                  "precomputed: add --no-precompute-ref-log-probs")
+            if not 0.0 < self.ref_model_mixup_alpha <= 1.0:
+                raise ConfigError(f"ref_model_mixup_alpha must be in (0, 1], got {self.ref_model_mixup_alpha}")
+            if self.ref_model_sync_steps < 1:
+                raise ConfigError(f"ref_model_sync_steps must be >= 1, got {self.ref_model_sync_steps}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

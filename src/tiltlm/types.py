@@ -14,6 +14,18 @@ Messages = list[dict[str, Any]]
 Text = Union[str, Messages]
 
 
+def as_text(value: Text) -> str:
+    """A prompt or completion as readable text: strings unchanged, messages as "[role] content" lines."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if not isinstance(value, list):
+        return str(value)
+    return "\n".join(f"[{m.get('role', '?')}] {m.get('content', '')}" if isinstance(m, dict) else str(m)
+                     for m in value)
+
+
 @dataclass(frozen=True)
 class PreferenceExample:
     """One preference pair after format normalisation, before tokenisation.

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+
 # Every issue kind, in the order summaries list them.
 ISSUE_KINDS = (
     "empty_file",
@@ -23,10 +24,6 @@ ISSUE_KINDS = (
     "duplicate_pair",
     "prompt_too_long",
 )
-
-
-class DataError(Exception):
-    """A mistake in the user's data or data options. ``str(e)`` is a readable (possibly multi-line) summary."""
 
 
 @dataclass

@@ -9,7 +9,8 @@ from typing import Optional, Sequence
 
 from ..types import PreferenceExample, TokenizedPair
 from .formats import row_to_example
-from .issues import DataError, RowIssue, summarize_issues
+from ..errors import DataError
+from .issues import RowIssue, summarize_issues
 from .readers import read_rows
 from .tokenize import tokenize_examples
 from .validate import validate_examples

@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Union
 
-from .issues import DataError, RowIssue
+from ..errors import DataError
+from .issues import RowIssue
 
 Row = Union[dict, RowIssue]
 _BAD_BYTES = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of undecodable bytes

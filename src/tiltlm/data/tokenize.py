@@ -22,24 +22,12 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from ..types import PreferenceExample, TokenizedPair
-from .issues import DataError, RowIssue
+from ..errors import DataError
+from .issues import RowIssue
 
 
 class PromptTooLong(DataError):
     """The prompt alone leaves no room for a completion within max_length."""
-
-
-def load_tokenizer(path: str, *, trust_remote_code: bool = False):
-    """models.load_tokenizer, with its failures reported as a DataError (the data commands' error type)."""
-    from ..config import ConfigError
-    from ..models import load_tokenizer as load
-
-    try:
-        return load(path, trust_remote_code=trust_remote_code)
-    except ConfigError as e:
-        raise DataError(str(e)) from None
-    except Exception as e:  # noqa: BLE001 - transformers raises OSError/ValueError/... for a bad folder
-        raise DataError(f"cannot load a tokenizer from {path}: {e}") from None
 
 
 def _encode(tokenizer, text: str) -> list[int]:

@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 from ..types import PreferenceExample
 from .issues import RowIssue
+from .tokenize import tokenize_examples
 
 ROLES = ("system", "user", "assistant", "tool")
 # allowed role transitions after an optional leading system message
@@ -91,8 +92,6 @@ def validate_examples(examples: Sequence[PreferenceExample], *, tokenizer=None, 
             bad.add(ex.index)
         issues.extend(row)
     if tokenizer is not None and max_length is not None:
-        from .tokenize import tokenize_examples
-
         _, tok_issues = tokenize_examples([e for e in examples if e.index not in bad], tokenizer,
                                           max_length=max_length, max_prompt_length=max_prompt_length)
         issues.extend(tok_issues)

@@ -7,21 +7,22 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+from transformers.utils import logging as hf_logging
+
+from .frontier import run_frontier
+from .pipeline import run_demo
+from .report import summary_text
+
 __all__ = ["add_cli", "run_demo_cli", "run_frontier_cli"]
 
 
 def _threads(n: int) -> None:
-    import torch
-
     if n > 0:
         torch.set_num_threads(n)
-    try:  # the demo prints its own progress; hide the per-file load/save bars
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover
-        pass
+    # the demo prints its own progress; hide the per-file load/save bars
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def add_cli(subparsers) -> None:
@@ -53,8 +54,6 @@ def add_cli(subparsers) -> None:
 
 def run_demo_cli(args: argparse.Namespace) -> int:
     _threads(args.threads)
-    from .pipeline import run_demo
-    from .report import summary_text
 
     result = run_demo(args.output_dir, seed=args.seed, quick=args.quick, beta=args.beta, loss_type=args.loss_type,
                       learning_rate=args.learning_rate, steps=args.steps)
@@ -64,7 +63,6 @@ def run_demo_cli(args: argparse.Namespace) -> int:
 
 def run_frontier_cli(args: argparse.Namespace) -> int:
     _threads(args.threads)
-    from .frontier import run_frontier
 
     betas = [float(x) for x in args.betas.split(",") if x.strip()]
     losses = [x.strip() for x in args.loss_types.split(",") if x.strip()]

@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch
 
+from ..core.metrics import preference_accuracy as accuracy_per_pair
 from .sample import Sample, sample, sequence_logps
 
 
@@ -89,7 +90,7 @@ def preference_accuracy(policy, ref, tokenizer, rows: list[dict], *, beta: float
     else:
         lc, lr = lc - lc, lr - lr
     margin = beta * (lc - lr)
-    acc = ((margin > 0).float() + 0.5 * (margin == 0).float()).mean()
+    acc = accuracy_per_pair(margin).mean()
     return {"accuracy": float(acc), "margin": float(margin.mean()), "pairs": len(rows)}
 
 

@@ -13,8 +13,13 @@ from typing import Callable, Optional
 
 import torch
 
+from transformers import AutoModelForCausalLM
+
+from ..config import TrainConfig
+from ..training.loop import train
 from . import task as T
-from .evaluate import evaluate_policy, preference_accuracy, strip_groups
+from .evaluate import evaluate_policy, examples, preference_accuracy, strip_groups
+from .report import write_demo_report
 from .sample import build_pairs, sample
 from .tiny_model import make_tiny_model, seed_everything, sft
 
@@ -115,9 +120,6 @@ def prepare_task(root: str | Path, sizes: Sizes, seed: int, *, log: Callable = p
 def train_dpo(task: Task, out_dir: str | Path, *, beta: float = 0.1, loss_type: str = "sigmoid",
               learning_rate: Optional[float] = None, steps: Optional[int] = None, log: Callable = print) -> dict:
     """Run tiltlm.train on the task's pairs from the SFT model; returns train()'s final metrics."""
-    from ..config import TrainConfig
-    from ..train import train
-
     sz = task.sizes
     cfg = TrainConfig(
         model=str(task.sft_dir), data=str(task.train_path), eval_data=str(task.heldout_path), output_dir=str(out_dir),
@@ -134,8 +136,6 @@ def train_dpo(task: Task, out_dir: str | Path, *, beta: float = 0.1, loss_type: 
 
 
 def load_policy(path: str | Path):
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(str(path))
     model.eval()
     return model
@@ -154,8 +154,6 @@ def run_demo(out_dir: str | Path = "runs/demo", *, seed: int = 0, quick: bool = 
              loss_type: str = "sigmoid", learning_rate: Optional[float] = None, steps: Optional[int] = None,
              log: Callable = print) -> dict:
     """The whole demo; writes out_dir/{sft,dpo,pairs_*.jsonl,metrics.json,report.png,report.html}."""
-    from .report import write_demo_report
-
     t0 = time.perf_counter()
     sizes = QUICK if quick else FULL
     if learning_rate is not None or steps is not None:
@@ -176,8 +174,6 @@ def run_demo(out_dir: str | Path = "runs/demo", *, seed: int = 0, quick: bool = 
     before.update(preference_accuracy(task.sft_model, task.sft_model, task.tokenizer, task.heldout_rows))
     task.timings["eval_s"] = time.perf_counter() - t2
     task.timings["total_s"] = time.perf_counter() - t0
-    from .evaluate import examples
-
     result = {
         "task": "synthetic controlled sentiment (reward = #positive - #negative lexicon words)",
         "seed": seed, "quick": quick, "beta": beta, "loss_type": loss_type, "sizes": asdict(sizes),

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .issues import DataError, summarize_issues
-from .prepare import check_file, format_name, pair_stats
+from ..data.issues import summarize_issues
+from ..data.prepare import check_file, format_name, pair_stats
+from ..errors import ConfigError, DataError
+from ..model.loading import load_tokenizer
 
 
 def add_cli(subparsers) -> None:
@@ -37,9 +39,7 @@ def run_check(args: argparse.Namespace) -> int:
     try:
         tokenizer = None
         if args.model:
-            from .tokenize import load_tokenizer
-
-            tokenizer = load_tokenizer(args.model)
+            tokenizer = _tokenizer(args.model)
         examples, pairs, issues, rows, formats = check_file(
             args.file, tokenizer, max_length=args.max_length if tokenizer is not None else None,
             max_prompt_length=args.max_prompt_length, prompt_delimiter=args.prompt_delimiter)
@@ -60,3 +60,13 @@ def run_check(args: argparse.Namespace) -> int:
         return 0
     print(summarize_issues(issues, rows=rows, path=args.file, examples_per_kind=args.examples_per_kind), file=out)
     return 1
+
+
+def _tokenizer(path: str):
+    """The model's tokenizer, its failures reported as a DataError (this command's error type)."""
+    try:
+        return load_tokenizer(path)
+    except ConfigError as e:
+        raise DataError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - transformers raises OSError/ValueError/... for a bad folder
+        raise DataError(f"cannot load a tokenizer from {path}: {e}") from None

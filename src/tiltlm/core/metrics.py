@@ -11,10 +11,22 @@ from typing import Optional
 
 import torch
 
-from .types import LossOutput, PairLogps
+from ..types import LossOutput, PairLogps
+
+
+def preference_accuracy(margins: torch.Tensor) -> torch.Tensor:
+    """Per pair: 1 if the chosen response scores higher than the rejected one, 0 if lower, 1/2 on an exact tie.
+
+    The one accuracy of tiltlm (training metrics, eval, demo): a policy identical to its reference has every
+    margin exactly 0 and scores exactly 0.5, chance, instead of 0.
+    """
+    return (margins > 0).to(margins.dtype) + 0.5 * (margins == 0).to(margins.dtype)
 
 
 class MetricWindow:
+    """Sums over the pairs of a logging window (or of one step's micro-batches); `merge` adds two windows, so the
+    windows of several processes combine exactly (pair- and token-weighted means stay exact)."""
+
     def __init__(self):
         self.reset()
 
@@ -53,7 +65,7 @@ class MetricWindow:
         self._add("loss", f(out.losses).sum().item())
         self._add("rewards/chosen", rc.sum().item())
         self._add("rewards/rejected", rr.sum().item())
-        self._add("rewards/accuracies", (rc > rr).double().sum().item())
+        self._add("rewards/accuracies", preference_accuracy(rc - rr).sum().item())
         self._add("rewards/margins", (rc - rr).sum().item())
         self._add("logps/chosen", f(policy.chosen).sum().item())
         self._add("logps/rejected", f(policy.rejected).sum().item())

@@ -15,8 +15,10 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from .diagnostics import Finding
-from .doctor_run import diagnose_run, load_run_config, read_jsonl
+from ..doctor.checks import Finding
+from ..doctor.replay import diagnose_run
+from ..rundir import DATA_STATS, METRICS, PAIR_SCORES, RunDir, is_eval_record
+from ..types import as_text
 
 CHOSEN, REJECTED, NEUTRAL, KL, GRAD, EVAL = "#16a34a", "#dc2626", "#2563eb", "#7c3aed", "#ea580c", "#0f172a"
 SEV_COLOR = {"error": ("#fef2f2", "#dc2626"), "warning": ("#fffbeb", "#d97706"), "info": ("#eff6ff", "#2563eb")}
@@ -89,14 +91,6 @@ def _fmt(v: Any, digits: int = 4) -> str:
     if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
         return f"{x:.3g}"
     return f"{x:.{digits}g}" if not float(x).is_integer() else str(int(x))
-
-
-def _load_json(path: Path) -> Optional[dict]:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 # ---------------------------------------------------------------------- plots
@@ -281,13 +275,6 @@ def _findings_html(findings: Optional[list[Finding]], note: str = "") -> str:
     return note + "".join(parts)
 
 
-def _text(v: Any) -> str:
-    if isinstance(v, list):  # conversational: list of {"role", "content"}
-        return "\n\n".join(f"[{m.get('role', '?')}] {m.get('content', '')}" if isinstance(m, dict) else str(m)
-                           for m in v)
-    return "" if v is None else str(v)
-
-
 def _pairs_html(pairs: Optional[list[dict]], n: int = 10) -> str:
     if pairs is None:
         return _na("pair_scores.jsonl")
@@ -308,9 +295,9 @@ def _pairs_html(pairs: Optional[list[dict]], n: int = 10) -> str:
             + (f'<span>loss {_fmt(p.get("loss"))}</span>' if _f(p.get("loss")) is not None else "")
             + f'<span style="color:#64748b">{src}</span></div><div class="nums">{nums}</div>'
             f'<details{" open" if i == 0 else ""}><summary>prompt / chosen / rejected</summary>'
-            f'<div class="lbl">prompt</div><pre>{html.escape(_text(p.get("prompt")))}</pre>'
-            f'<div class="lbl" style="color:{CHOSEN}">chosen</div><pre class="c">{html.escape(_text(p.get("chosen")))}</pre>'
-            f'<div class="lbl" style="color:{REJECTED}">rejected</div><pre class="r">{html.escape(_text(p.get("rejected")))}</pre>'
+            f'<div class="lbl">prompt</div><pre>{html.escape(as_text(p.get("prompt")))}</pre>'
+            f'<div class="lbl" style="color:{CHOSEN}">chosen</div><pre class="c">{html.escape(as_text(p.get("chosen")))}</pre>'
+            f'<div class="lbl" style="color:{REJECTED}">rejected</div><pre class="r">{html.escape(as_text(p.get("rejected")))}</pre>'
             f'</details></div>')
     return "".join(out)
 
@@ -353,15 +340,16 @@ def build_report(run_dir, output=None) -> Path:
     out_dir = run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     output = Path(output) if output else out_dir / "report.html"
-    metrics_path = run_dir / "metrics.jsonl"
-    records = read_jsonl(metrics_path) if metrics_path.is_file() else []
-    evals = [r for r in records if any(str(k).startswith("eval/") for k in r)]
-    train = [r for r in records if not any(str(k).startswith("eval/") for k in r)]
-    cfg = load_run_config(run_dir)
-    stats = _load_json(run_dir / "data_stats.json")
-    pairs = read_jsonl(run_dir / "pair_scores.jsonl") if (run_dir / "pair_scores.jsonl").is_file() else None
+    run = RunDir(run_dir, writable=False)
+    has_metrics = run.file(METRICS).is_file()
+    records = run.read_records(METRICS) or []
+    evals = [r for r in records if is_eval_record(r)]
+    train = [r for r in records if not is_eval_record(r)]
+    cfg = run.read_config()
+    stats = run.read_json(DATA_STATS)
+    pairs = run.read_records(PAIR_SCORES)
     findings: Optional[list[Finding]] = None
-    if metrics_path.is_file():
+    if has_metrics:
         try:
             findings = diagnose_run(run_dir)
         except Exception as e:  # the report must render even if the doctor trips on odd data

@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from .config import ConfigError
+from ..errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -27,14 +27,6 @@ def split_model_path(path: str) -> tuple[str, Optional[str]]:
         raise ConfigError(f"model not found: {path} (tiltlm loads local folders and .gguf files only; "
                           "nothing is downloaded)")
     raise ConfigError(f"model path {path} is neither a model folder nor a .gguf file")
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
-    return torch.device(device)
 
 
 def load_tokenizer(path: str, *, trust_remote_code: bool = False):

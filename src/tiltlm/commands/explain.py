@@ -1,7 +1,7 @@
 """`tilt explain`: the seed's hand walkthrough of one DPO update, for any four log-probs and any loss type.
 
     tilt explain --logp-chosen -3.5 --logp-rejected -6.0 --ref-chosen -4.0 --ref-rejected -5.0 --beta 0.5
-    tilt explain RUN_DIR --pair 3          # a pair of a finished run (pair_scores.jsonl), via tiltlm.explain_pair
+    tilt explain RUN_DIR --pair 3          # a pair of the user's own data in a finished run
 
 With no numbers and no RUN_DIR it explains the seed's worked example (policy -3.5/-6.0, ref -4.0/-5.0, beta 0.5).
 """
@@ -11,35 +11,21 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from .losses import LOSSES, REFERENCE_FREE, LossHParams, compute_loss
-from .types import PairLogps
+from ..config import load_config
+from ..core.logps import score_pairs
+from ..core.losses import LOSSES, LossHParams, compute_loss, parse_loss_types
+from ..data import prepare_dataset
+from ..errors import ConfigError
+from ..model.loading import load_model, load_tokenizer
+from ..rundir import CONFIG, PAIR_SCORES, RunDir
+from ..types import PairLogps, as_text
 
 SEED_EXAMPLE = dict(logp_chosen=-3.5, logp_rejected=-6.0, ref_chosen=-4.0, ref_rejected=-5.0, beta=0.5)
-
-# losses that are a function of the DPO margin m = beta*h only: dL/dlogpi_w = beta * dL/dm
-MARGIN_LOSSES = {"sigmoid", "robust", "hinge", "exo_pair", "discopop"}
-
-MEANING = {
-    "sigmoid": "DPO: a logistic (Bradley-Terry) loss on the reward margin; its gradient weight sigma(-m) fades "
-               "as the pair becomes confidently correct and saturates at 1 when it is confidently wrong.",
-    "robust": "rDPO: DPO de-biased for labels flipped with probability eps (an unbiased estimate of the clean loss).",
-    "hinge": "SLiC hinge: a constant push until beta*h reaches 1, then exactly zero loss and zero gradient.",
-    "ipo": "IPO: regresses the per-token log-ratio gap onto 1/(2 beta); pairs that overshoot are pulled back.",
-    "sigmoid_norm": "length-normalised DPO: the DPO loss on per-token-mean log-ratios, so length buys no margin.",
-    "simpo": "SimPO: reference-free; the gap of average log-probs (times beta) must exceed the target margin gamma.",
-    "sft": "SFT: per-token negative log-likelihood of the chosen response (the RPO / NLL regulariser).",
-    "exo_pair": "EXO: reverse KL from the policy's pair distribution to the smoothed label; zero at sigma(m) = 1-eps.",
-    "nca_pair": "NCA: works on absolute rewards, raising the chosen reward instead of only widening the gap.",
-    "bco_pair": "BCO: two binary classifiers, chosen reward above the running mean delta, rejected below it.",
-    "apo_zero": "APO-zero: anchored; chosen likelihood up and rejected down, each relative to the reference.",
-    "apo_down": "APO-down: anchored; both likelihoods down, the rejected more (chosen worse than the model's own).",
-    "sppo_hard": "SPPO (hard): regresses the chosen log-ratio to +1/(2 beta) and the rejected to -1/(2 beta).",
-    "discopop": "DiscoPOP: the logistic loss blended into exp(-m) as the margin grows (weight sigma(m/tau)).",
-}
 
 _HP_KEYS = ("label_smoothing", "simpo_gamma", "discopop_tau", "bco_delta")
 
@@ -60,7 +46,7 @@ def explain_numbers(logp_chosen: float, logp_rejected: float, ref_chosen: Option
     components {name: loss}, grad_chosen/grad_rejected = dL/dlogpi(y_w), dL/dlogpi(y_l) (autograd),
     dloss_dmargin and grad_scale = |dL/dm| (margin-only losses, else None), meaning.
     """
-    types = [s.strip() for s in loss_type.split(",") if s.strip()] if isinstance(loss_type, str) else list(loss_type)
+    types = parse_loss_types(loss_type)
     weights = hp.pop("loss_weights", None)
     nc = float(hp.pop("chosen_tokens", 1.0) or 1.0)
     nr = float(hp.pop("rejected_tokens", 1.0) or 1.0)
@@ -69,7 +55,7 @@ def explain_numbers(logp_chosen: float, logp_rejected: float, ref_chosen: Option
         raise ValueError(f"unknown hyper-parameter(s): {', '.join(sorted(unknown))}")
     hparams = LossHParams(beta=float(beta), **{k: float(v) for k, v in hp.items() if v is not None})
     have_ref = ref_chosen is not None and ref_rejected is not None
-    if not have_ref and any(t not in REFERENCE_FREE for t in types if t in LOSSES):
+    if not have_ref and any(not LOSSES[t].reference_free for t in types):
         raise ValueError(f"loss type {','.join(types)} needs --ref-chosen and --ref-rejected")
 
     d64 = torch.float64
@@ -89,7 +75,7 @@ def explain_numbers(logp_chosen: float, logp_rejected: float, ref_chosen: Option
     margin = rc - rr
     grad_c = pc.grad.item() if pc.grad is not None else 0.0  # sft does not depend on logpi(y_l)
     grad_r = pr.grad.item() if pr.grad is not None else 0.0
-    dldm = grad_c / hparams.beta if len(types) == 1 and types[0] in MARGIN_LOSSES else None
+    dldm = grad_c / hparams.beta if len(types) == 1 and LOSSES[types[0]].margin_only else None
     return {
         "inputs": {"logp_chosen": float(logp_chosen), "logp_rejected": float(logp_rejected),
                    "ref_chosen": None if not have_ref else float(ref_chosen),
@@ -104,36 +90,19 @@ def explain_numbers(logp_chosen: float, logp_rejected: float, ref_chosen: Option
         "loss": out.losses.item(), "components": components,
         "grad_chosen": grad_c, "grad_rejected": grad_r,
         "dloss_dmargin": dldm, "grad_scale": None if dldm is None else abs(dldm),
-        "meaning": " | ".join(MEANING.get(t, t) for t in types),
+        "meaning": " | ".join(LOSSES[t].meaning for t in types),
     }
 
 
 def _reward_formula(t: str, side: str) -> str:
     n = "n_w" if side == "w" else "n_l"
-    if t == "sigmoid_norm":
-        return f"beta * logratio_{side} / {n}"
-    if t in ("simpo", "sft"):
-        return f"beta * log pi(y_{side}|x) / {n}"
-    return f"beta * logratio_{side}"
+    return {"logratio": f"beta * logratio_{side}", "logratio per token": f"beta * logratio_{side} / {n}",
+            "logpi per token": f"beta * log pi(y_{side}|x) / {n}"}[LOSSES[t].reward]
 
 
 def _loss_formula(t: str, eps: float) -> str:
-    return {
-        "sigmoid": "-(1-eps) log sigma(m) - eps log sigma(-m)" if eps else "-log sigma(m)",
-        "robust": "((1-eps)(-log sigma(m)) + eps log sigma(-m)) / (1-2 eps)",
-        "hinge": "relu(1 - m)",
-        "ipo": "(logratio_w/n_w - logratio_l/n_l - 1/(2 beta))^2",
-        "sigmoid_norm": "-log sigma(m)  (m on per-token means)",
-        "simpo": "-log sigma(m - gamma)",
-        "sft": "-log pi(y_w|x) / n_w",
-        "exo_pair": "sigma(m)(log sigma(m) - log(1-eps)) + sigma(-m)(log sigma(-m) - log eps)",
-        "nca_pair": "-log sigma(r_w) - 0.5 log sigma(-r_w) - 0.5 log sigma(-r_l)",
-        "bco_pair": "-log sigma(r_w - delta) - log sigma(delta - r_l)",
-        "apo_zero": "(1 - sigma(r_w)) + sigma(r_l)",
-        "apo_down": "sigma(r_w) + (1 - sigma(m))",
-        "sppo_hard": "(logratio_w - 1/(2 beta))^2 + (logratio_l + 1/(2 beta))^2",
-        "discopop": "(1 - sigma(m/tau)) (-log sigma(m)) + sigma(m/tau) exp(-m)",
-    }.get(t, "L")
+    spec = LOSSES[t]
+    return spec.smoothed_formula if eps and spec.smoothed_formula else spec.formula
 
 
 def format_explanation(d: dict) -> str:
@@ -164,8 +133,7 @@ def format_explanation(d: dict) -> str:
                      f"{_f(d['logratio_rejected'])}")
         step += 1
     pref = next((t for t in types if t != "sft"), types[0])
-    if pref in ("sigmoid", "robust", "hinge", "exo_pair", "nca_pair", "bco_pair", "apo_zero", "apo_down",
-                "sppo_hard", "discopop", "ipo") and d.get("logratio_chosen") is not None:
+    if LOSSES[pref].reward == "logratio" and d.get("logratio_chosen") is not None:
         lines.append(f"{step}. implicit rewards  r_w = beta * logratio_w = {beta:g} * ({_f(d['logratio_chosen'])})"
                      f" = {_f(d['reward_chosen'])}")
         lines.append(f"                     r_l = beta * logratio_l = {beta:g} * ({_f(d['logratio_rejected'])})"
@@ -177,7 +145,7 @@ def format_explanation(d: dict) -> str:
     lines.append(f"{step}. reward margin     m = r_w - r_l = {_f(d['reward_chosen'])} - ({_f(d['reward_rejected'])})"
                  f" = {_f(d['margin'])}")
     step += 1
-    note = "the policy's implied P(y_w > y_l)" if pref in ("sigmoid", "sigmoid_norm", "robust", "simpo") else (
+    note = "the policy's implied P(y_w > y_l)" if LOSSES[pref].preference_model else (
         f"Bradley-Terry reading of the margin; {pref} does not optimise it directly")
     lines.append(f"{step}. preference prob.  sigma(m) = {d['pref_prob']:.4f}   ({note})")
     step += 1
@@ -207,12 +175,57 @@ def format_explanation(d: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------- a pair of a run
+def _stored_scores(run_dir: Path, index: int):
+    for row in RunDir(run_dir, writable=False).read_records(PAIR_SCORES) or []:
+        if row.get("index") == index and row.get("ref_chosen") is not None:
+            return row
+    return None
+
+
+def _score_now(run_dir: Path, cfg, index: int) -> dict:
+    tokenizer = load_tokenizer(str(run_dir))
+    examples, pairs, _ = prepare_dataset(cfg.data, tokenizer, max_length=cfg.max_length,
+                                         max_prompt_length=cfg.max_prompt_length,
+                                         prompt_delimiter=cfg.prompt_delimiter, skip_invalid=True)
+    found = [(e, p) for e, p in zip(examples, pairs) if p.index == index]
+    if not found:
+        raise ConfigError(f"pair {index} is not a valid pair of {cfg.data} ({len(pairs)} valid pairs)")
+    ex, pair = found[0]
+    policy = score_pairs(load_model(str(run_dir), dtype=cfg.dtype), [pair], pad_token_id=tokenizer.pad_token_id)
+    ref = score_pairs(load_model(cfg.ref_model or cfg.model, dtype=cfg.dtype), [pair],
+                      pad_token_id=tokenizer.pad_token_id)
+    return dict(index=index, source=ex.source, prompt=as_text(ex.prompt), chosen=as_text(ex.chosen),
+                rejected=as_text(ex.rejected), policy_chosen=float(policy.chosen[0]),
+                policy_rejected=float(policy.rejected[0]), ref_chosen=float(ref.chosen[0]),
+                ref_rejected=float(ref.rejected[0]), chosen_tokens=int(policy.chosen_tokens[0]),
+                rejected_tokens=int(policy.rejected_tokens[0]))
+
+
+def explain_run_pair(run_dir, pair_index: int) -> dict:
+    """The walkthrough of pair `pair_index` (0-based row of the training data, as in pair_scores.jsonl and
+    skipped.jsonl) of a run: from pair_scores.jsonl when the run scored it at the end, otherwise tokenised exactly
+    as in training and scored now with the trained policy (RUN_DIR) and the reference (the run's starting model)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise ConfigError(f"{run_dir} is not a tiltlm run directory (no {CONFIG})")
+    raw = RunDir(run_dir, writable=False).read_config()
+    cfg = load_config(None, {k: v for k, v in raw.items() if v is not None})
+    row = _stored_scores(run_dir, pair_index) or _score_now(run_dir, cfg, pair_index)
+    d = explain_numbers(row["policy_chosen"], row["policy_rejected"], row["ref_chosen"], row["ref_rejected"],
+                        cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
+                        simpo_gamma=cfg.simpo_gamma, discopop_tau=cfg.discopop_tau,
+                        chosen_tokens=row["chosen_tokens"], rejected_tokens=row["rejected_tokens"],
+                        loss_weights=cfg.loss_weights)
+    d.update(index=pair_index, source=row.get("source", ""), prompt=row.get("prompt", ""),
+             chosen_text=row.get("chosen", ""), rejected_text=row.get("rejected", ""))
+    return d
+
+
 def run_explain(args: argparse.Namespace) -> int:
     """Entry point of `tilt explain`: print the walkthrough; 0 on success, 2 on a usage error."""
     try:
         if getattr(args, "run_dir", None):
-            from .explain_pair import explain_run_pair  # written by the lead; imported lazily
-
             d = explain_run_pair(args.run_dir, args.pair)
         else:
             nums = [args.logp_chosen, args.logp_rejected, args.ref_chosen, args.ref_rejected]
@@ -228,9 +241,6 @@ def run_explain(args: argparse.Namespace) -> int:
                             beta=0.1 if args.beta is None else args.beta)
             hp = {k: getattr(args, k) for k in _HP_KEYS + ("chosen_tokens", "rejected_tokens", "loss_weights")
                   if getattr(args, k, None) is not None}
-            unknown = [t for t in args.loss_type.split(",") if t.strip() and t.strip() not in LOSSES]
-            if unknown:
-                raise ValueError(f"unknown loss_type {unknown[0]!r}; known: {', '.join(LOSSES)}")
             d = explain_numbers(loss_type=args.loss_type, **vals, **hp)
     except (ValueError, FileNotFoundError, IndexError, KeyError) as e:
         print(f"tilt explain: error: {e}", file=sys.stderr)

@@ -23,19 +23,19 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..core.logps import check_fast_path, score_pairs
+from ..core.metrics import preference_accuracy
+from ..data import prepare_dataset
+from ..model.loading import load_model, load_tokenizer
+from ..parallel.comm import resolve_device
+from ..rundir import RunDir
+from ..types import PairLogps, as_text
+
 
 # ------------------------------------------------------------------------------------------------ eval
 def _default_ref(model_path: str) -> Optional[str]:
     """A tiltlm run directory records its base model in config.yaml: use it as the reference by default."""
-    cfg = Path(model_path) / "config.yaml"
-    if not cfg.is_file():
-        return None
-    try:
-        import yaml
-
-        data = yaml.safe_load(cfg.read_text()) or {}
-    except Exception:  # noqa: BLE001 - an unreadable config just means "no default reference"
-        return None
+    data = RunDir(model_path, writable=False).read_config()  # {} when it is not a run folder
     ref = data.get("ref_model") or data.get("model")
     return str(ref) if ref and Path(str(ref).split("::")[0]).exists() else None
 
@@ -45,10 +45,10 @@ def _mean(x: torch.Tensor) -> float:
 
 
 def _accuracy(margin: torch.Tensor) -> float:
-    return _mean((margin > 0).float() + 0.5 * (margin == 0).float())
+    return _mean(preference_accuracy(margin))
 
 
-def eval_metrics(policy, ref=None, *, beta: float = 0.1) -> tuple[dict, dict]:
+def eval_metrics(policy: PairLogps, ref: Optional[PairLogps] = None, *, beta: float = 0.1) -> tuple[dict, dict]:
     """Metrics from policy (and optional reference) PairLogps. Returns (summary, per-pair tensors)."""
     pc, pr = policy.chosen.double(), policy.rejected.double()
     nc, nr = policy.chosen_tokens.double().clamp(min=1), policy.rejected_tokens.double().clamp(min=1)
@@ -82,17 +82,12 @@ def eval_metrics(policy, ref=None, *, beta: float = 0.1) -> tuple[dict, dict]:
 
 
 def _score(model, pairs, tokenizer, batch_size: int):
-    from .logps import check_fast_path, score_pairs
-
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     fast = check_fast_path(model, pairs, pad_token_id=pad) is None
     return score_pairs(model, pairs, batch_size=batch_size, pad_token_id=pad, prefix_sharing=fast, chunked=fast)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .data import prepare_dataset
-    from .models import load_model, load_tokenizer, resolve_device
-
     _quiet_hf()
     device = resolve_device(args.device)
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
@@ -170,8 +165,7 @@ def render_prompt(tokenizer, prompt: Any, use_chat_template: bool = True) -> tup
         msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False).input_ids, text
-    if isinstance(prompt, list):
-        prompt = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+    prompt = as_text(prompt)
     return tokenizer(prompt).input_ids, prompt
 
 
@@ -213,8 +207,6 @@ def generate_samples(model, tokenizer, prompts: list[Any], *, n: int = 1, max_ne
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from .models import load_model, load_tokenizer, resolve_device
-
     _quiet_hf()
     reward_fn = load_reward_fn(args.reward_fn) if args.reward_fn else None
     prompts = read_prompts(args.prompts)
@@ -242,12 +234,9 @@ def run_generate(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------- CLI
 def _quiet_hf() -> None:
-    try:
-        from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
+    hf_logging.disable_progress_bar()
 
 
 def _common(p: argparse.ArgumentParser) -> None:

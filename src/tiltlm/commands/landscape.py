@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .losses import LOSSES, REFERENCE_FREE, LossHParams
-from .types import PairLogps
+from ..core.losses import LOSSES, LossHParams, parse_loss_types
+from ..types import PairLogps
 
 
 def landscape_data(loss_types: Sequence[str], hp: LossHParams, m_min: float = -6.0, m_max: float = 6.0,
@@ -26,13 +26,11 @@ def landscape_data(loss_types: Sequence[str], hp: LossHParams, m_min: float = -6
     """Curves for each loss: {"m": [...], name: {"loss": [...], "pref_prob": [...], "grad": [...]}}."""
     m = torch.linspace(m_min, m_max, points, dtype=torch.float64)
     data: dict = {"m": m.tolist()}
-    for name in loss_types:
-        if name not in LOSSES:
-            raise ValueError(f"unknown loss_type {name!r}; known: {', '.join(LOSSES)}")
+    for name in parse_loss_types(loss_types):
         mm = m.clone().requires_grad_(True)
         zeros, ones = torch.zeros_like(m), torch.ones_like(m)
         policy = PairLogps(mm / hp.beta, zeros, ones, ones)
-        ref = None if name in REFERENCE_FREE else PairLogps(zeros, zeros, ones, ones)
+        ref = None if LOSSES[name].reference_free else PairLogps(zeros, zeros, ones, ones)
         out = LOSSES[name](policy, ref, hp)
         (grad,) = torch.autograd.grad(out.losses.sum(), mm)
         data[name] = {
@@ -85,10 +83,8 @@ def plot_landscape(loss_types: Sequence[str], hp: LossHParams, output: str | Pat
 
 def run_landscape(args: argparse.Namespace) -> int:
     """Entry point of `tilt landscape`: write the PNG, print its path; 0 on success, 2 on a usage error."""
-    types = [s.strip() for s in args.loss_type.split(",") if s.strip()]
     try:
-        if not types:
-            raise ValueError("--loss-type is empty")
+        types = parse_loss_types(args.loss_type)
         if args.beta <= 0:
             raise ValueError(f"--beta must be > 0, got {args.beta}")
         hp = LossHParams(beta=args.beta, label_smoothing=args.label_smoothing, simpo_gamma=args.simpo_gamma,

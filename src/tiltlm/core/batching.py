@@ -15,12 +15,13 @@ logits we list, for every completion token, (row, position of the predicting hid
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 
-from .types import TokenizedPair
+from ..types import TokenizedPair
 
 PAD_SEG = -1
 PROMPT, CHOSEN, REJECTED = 0, 1, 2
@@ -193,3 +194,16 @@ def micro_batches(pairs: Sequence[TokenizedPair], *, batch_size: int, prefix_sha
         out.append(collate([order[s] for s in slots], prefix_sharing=prefix_sharing, packing=True,
                            max_tokens_per_row=max_tokens_per_batch, pad_token_id=pad_token_id))
     return out
+
+
+def step_pairs(pairs: Sequence[TokenizedPair], step: int, pairs_per_step: int, seed: int) -> list[TokenizedPair]:
+    """The pairs of optimizer step `step` (0-based): a seeded permutation per epoch, cut into consecutive steps.
+
+    A pure function of (step, seed): resuming at step k replays exactly the order an uninterrupted run would see,
+    whatever the number of processes (each takes its share of these). The last step of an epoch may be smaller;
+    its loss is still the mean over its own pairs.
+    """
+    steps_per_epoch = math.ceil(len(pairs) / pairs_per_step)
+    epoch, within = divmod(step, steps_per_epoch)
+    perm = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    return [pairs[i] for i in perm[within * pairs_per_step:(within + 1) * pairs_per_step]]

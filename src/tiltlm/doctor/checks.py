@@ -13,11 +13,10 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Optional
 
-LN2 = math.log(2.0)
-# losses that need no reference model: their "rewards" are not log-ratios, so step-0 checks do not apply
-REFERENCE_FREE = {"simpo", "orpo", "cpo", "sft"}
+from ..core.losses import LOSSES, LossHParams
+
 FIX = {
     "chosen_collapse": "raise beta, or add the SFT term on the chosen response (--loss-type sigmoid,sft, i.e. RPO)",
     "sign_bug": "check the chosen/rejected columns and the loss sign: assert rewards/chosen > rewards/rejected "
@@ -35,12 +34,13 @@ FIX = {
 }
 
 
-def initial_loss(loss_type: str, beta: float) -> Optional[float]:
-    """The loss at step 0, when policy == reference (all log-ratios 0); None when unknown or reference-free."""
-    h = 1.0 / (2.0 * beta)
-    return {"sigmoid": LN2, "robust": LN2, "sigmoid_norm": LN2, "hinge": 1.0, "ipo": h * h, "apo_zero": 1.0,
-            "apo_down": 1.0, "bco_pair": 2 * LN2, "nca_pair": 2 * LN2, "sppo_hard": 2 * h * h,
-            "discopop": 0.5 * LN2 + 0.5}.get(loss_type)
+def initial_loss(loss_type: str, beta: float, label_smoothing: float = 0.0) -> Optional[float]:
+    """The loss at step 0, when policy == reference (all log-ratios 0), from the loss's own LossSpec; None when
+    the loss is unknown or reference-free (its value then depends on the policy alone)."""
+    spec = LOSSES.get(loss_type)
+    if spec is None or spec.at_reference is None:
+        return None
+    return spec.at_reference(LossHParams(beta=beta, label_smoothing=label_smoothing))
 
 
 @dataclass
@@ -104,7 +104,7 @@ class DoctorThresholds:
     finish_min_records: int = 10  # end-of-run checks need at least this many records after step 1
 
 
-def _num(rec: dict, key: str) -> Optional[float]:
+def as_number(rec: dict, key: str) -> Optional[float]:
     v = rec.get(key)
     if v is None or isinstance(v, bool):
         return None
@@ -114,7 +114,7 @@ def _num(rec: dict, key: str) -> Optional[float]:
         return None
 
 
-def _ok(x: Optional[float]) -> bool:
+def is_finite(x: Optional[float]) -> bool:
     return x is not None and math.isfinite(x)
 
 
@@ -140,7 +140,8 @@ class Doctor:
         self._config_checked = False
         start = initial_loss(self.loss_types[0], self.beta) if len(self.loss_types) == 1 else None
         self._expected_start = start
-        self._ref_free = any(lt in REFERENCE_FREE for lt in self.loss_types)
+        # reference-free losses' "rewards" are not log-ratios, so the step-1 reference checks do not apply
+        self._ref_free = any(lt in LOSSES and LOSSES[lt].reference_free for lt in self.loss_types)
 
     # ------------------------------------------------------------------ plumbing
     def _emit(self, key: str, cond: bool, check: str, severity: str, step: int, message: str,
@@ -156,7 +157,7 @@ class Doctor:
 
     def _series(self, key: str, last: Optional[int] = None) -> list[float]:
         recs = self._train if last is None else self._train[-last:]
-        return [x for x in (_num(r, key) for r in recs) if _ok(x)]
+        return [x for x in (as_number(r, key) for r in recs) if is_finite(x)]
 
     def _warm(self, last: int) -> bool:
         """True unless the learning rate is still rising over the last `last` records (LR warmup)."""
@@ -185,10 +186,8 @@ class Doctor:
         self._config(out)
         stats = stats or {}
         t = self.t
-        frac = _num(stats, "chosen_longer_frac")
-        if frac is None and isinstance(stats.get("train"), dict):
-            frac = _num(stats["train"], "chosen_longer_frac")
-        rej_frac = _num(stats, "rejected_longer_frac")  # ties count as neither longer
+        frac = as_number(stats, "chosen_longer_frac")
+        rej_frac = as_number(stats, "rejected_longer_frac")  # ties count as neither longer
         if rej_frac is None and frac is not None:
             rej_frac = 1 - frac
         mc, mr = _token_mean(stats, "chosen"), _token_mean(stats, "rejected")
@@ -213,8 +212,8 @@ class Doctor:
             return self.observe_eval(record)
         out: list[Finding] = []
         self._config(out)
-        step = int(_num(record, "step") or (len(self._train) + 1 + (self._first is not None)))
-        loss, gn, nfs = _num(record, "loss"), _num(record, "grad_norm"), _num(record, "nonfinite_steps")
+        step = int(as_number(record, "step") or (len(self._train) + 1 + (self._first is not None)))
+        loss, gn, nfs = as_number(record, "loss"), as_number(record, "grad_norm"), as_number(record, "nonfinite_steps")
         bad = [f"{k}={v}" for k, v in (("loss", loss), ("grad_norm", gn)) if v is not None and not math.isfinite(v)]
         if "loss" in record and loss is None:
             bad.append("loss=null")
@@ -223,7 +222,7 @@ class Doctor:
         self._emit("nonfinite", bool(bad), "nonfinite", "error", step,
                    "non-finite values: " + ", ".join(bad) + " (those steps were skipped or corrupted the weights)",
                    out)
-        if bad and not _ok(loss):
+        if bad and not is_finite(loss):
             return out
         if self._first is None:
             self._first = record
@@ -241,24 +240,24 @@ class Doctor:
     def _start_loss(self) -> Optional[float]:
         if self._expected_start is not None:
             return self._expected_start
-        return _num(self._first or {}, "loss")
+        return as_number(self._first or {}, "loss")
 
     def _check_reference(self, rec: dict, step: int, out: list[Finding]) -> None:
         t = self.t
         if step > 1 or self._ref_free:
             return
         why = []
-        loss, exp = _num(rec, "loss"), self._expected_start
-        if _ok(loss) and exp is not None and abs(loss - exp) > t.ref_loss_tolerance * max(1.0, abs(exp)):
+        loss, exp = as_number(rec, "loss"), self._expected_start
+        if is_finite(loss) and exp is not None and abs(loss - exp) > t.ref_loss_tolerance * max(1.0, abs(exp)):
             why.append(f"loss {loss:.4f} at step 1, but policy == reference gives {exp:.4f} for "
                        f"{self.loss_types[0]}")
-        m = _num(rec, "rewards/margins")
-        if _ok(m) and abs(m) > t.ref_margin_tolerance:
+        m = as_number(rec, "rewards/margins")
+        if is_finite(m) and abs(m) > t.ref_margin_tolerance:
             why.append(f"rewards/margins {m:+.3f} at step 1 (should be 0)")
-        kl = _num(rec, "kl_proxy")
-        toks = [x for x in (_num(rec, "tokens/chosen"), _num(rec, "tokens/rejected")) if _ok(x) and x > 0]
-        per_tok = kl / _mean(toks) if _ok(kl) and toks else None
-        if _ok(kl) and kl > t.ref_kl_tolerance and (per_tok is None or per_tok > t.ref_kl_per_token_tolerance):
+        kl = as_number(rec, "kl_proxy")
+        toks = [x for x in (as_number(rec, "tokens/chosen"), as_number(rec, "tokens/rejected")) if is_finite(x) and x > 0]
+        per_tok = kl / _mean(toks) if is_finite(kl) and toks else None
+        if is_finite(kl) and kl > t.ref_kl_tolerance and (per_tok is None or per_tok > t.ref_kl_per_token_tolerance):
             why.append(f"kl_proxy {kl:.3f} nats at step 1 (should be ~0)")
         if why:
             self._emit("ref", True, "reference_mismatch", "error", step,
@@ -268,8 +267,8 @@ class Doctor:
         t = self.t
         if len(self._train) != t.ref_grad_window or "ref" in self._active:
             return
-        g0, later = _num(self._first, "grad_norm"), self._series("grad_norm")
-        if _ok(g0) and later:
+        g0, later = as_number(self._first, "grad_norm"), self._series("grad_norm")
+        if is_finite(g0) and later:
             med = statistics.median(later)
             if med > 0 and g0 > t.ref_grad_ratio * med:
                 self._emit("ref:grad", True, "reference_mismatch", "warning", step,
@@ -285,9 +284,9 @@ class Doctor:
 
     def _sign_verdict(self, recs: list[dict], step: int, out: list[Finding]) -> None:
         t = self.t
-        rows = [(_num(r, "rewards/chosen"), _num(r, "rewards/rejected"), _num(r, "rewards/accuracies"),
-                 _num(r, "rewards/margins"), _num(r, "loss")) for r in recs]
-        rows = [r for r in rows if all(_ok(x) for x in r)]
+        rows = [(as_number(r, "rewards/chosen"), as_number(r, "rewards/rejected"), as_number(r, "rewards/accuracies"),
+                 as_number(r, "rewards/margins"), as_number(r, "loss")) for r in recs]
+        rows = [r for r in rows if all(is_finite(x) for x in r)]
         if len(rows) < t.sign_min_records:
             return
         h = len(rows) // 2
@@ -332,7 +331,7 @@ class Doctor:
             return
 
         def win(key: str, recs: list[dict]) -> Optional[float]:
-            xs = [x for x in (_num(r, key) for r in recs) if _ok(x)]
+            xs = [x for x in (as_number(r, key) for r in recs) if is_finite(x)]
             return _mean(xs) if xs else None
 
         a, b = self._train[:w], self._train[-w:]
@@ -378,19 +377,19 @@ class Doctor:
         """One eval record (keys `eval/...` plus `step`)."""
         out: list[Finding] = []
         self._evals.append(record)
-        step = int(_num(record, "step") or 0)
-        loss = _num(record, "eval/loss")
+        step = int(as_number(record, "step") or 0)
+        loss = as_number(record, "eval/loss")
         self._emit("nonfinite:eval", loss is not None and not math.isfinite(loss), "nonfinite", "error", step,
                    f"eval/loss is {loss}", out)
-        acc, margin = _num(record, "eval/rewards/accuracies"), _num(record, "eval/rewards/margins")
+        acc, margin = as_number(record, "eval/rewards/accuracies"), as_number(record, "eval/rewards/margins")
         train_acc = self._series("rewards/accuracies", 5)
-        if _ok(acc) and train_acc:
+        if is_finite(acc) and train_acc:
             tr = _mean(train_acc)
             cond = (tr >= self.t.inverted_train_accuracy and acc < self.t.inverted_eval_accuracy
                     and (margin is None or margin < 0))
             self._emit("inverted", cond, "inverted_data", "error", step,
                        f"train accuracy {tr:.2f} but eval accuracy {acc:.2f}"
-                       + (f" (eval margin {margin:+.3f})" if _ok(margin) else "")
+                       + (f" (eval margin {margin:+.3f})" if is_finite(margin) else "")
                        + ": the model learns a preference the held-out labels disagree with (swapped columns in one "
                        "file, or severe overfitting)", out)
         return out
@@ -427,16 +426,10 @@ class Doctor:
 
     def _last_step(self) -> int:
         recs = self._train or ([self._first] if self._first else [])
-        return int(_num(recs[-1], "step") or 0) if recs else 0
+        return int(as_number(recs[-1], "step") or 0) if recs else 0
 
 
 def _token_mean(stats: dict, which: str) -> Optional[float]:
-    """Mean completion tokens from data_stats.json, accepting the usual nestings."""
-    for path in (("tokens", which, "mean"), (f"{which}_tokens", "mean"), ("lengths", which, "mean"),
-                 (which, "mean"), (f"{which}_tokens_mean",), ("train", "tokens", which, "mean")):
-        cur: Any = stats
-        for p in path:
-            cur = cur.get(p) if isinstance(cur, dict) else None
-        if isinstance(cur, (int, float)) and not isinstance(cur, bool) and cur > 0:
-            return float(cur)
-    return None
+    """Mean completion tokens of `which` (chosen / rejected) from data_stats.json (data.prepare.pair_stats)."""
+    value = (stats.get("tokens") or {}).get(which, {}).get("mean")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None

@@ -1,7 +1,9 @@
 """Atomic, checksummed, resumable checkpoints.
 
-A checkpoint is a folder `checkpoints/checkpoint-STEP/` holding the policy weights (safetensors), the optimizer and
-scheduler state, every RNG state and the loop position, and a `manifest.json` with the sha256 of each file.
+A checkpoint is a folder `checkpoints/checkpoint-STEP/` holding the policy weights and optimizer state (as the
+parallel strategy holds them: safetensors + state.pt for a whole model, one DCP shard per rank under `sharded/`
+for FSDP), the scheduler, every RNG state and the loop position, and a `manifest.json` with the sha256 of each
+file.
 It is written into a temporary folder, fsync'ed, and renamed into place, so a crash or a full disk mid-write never
 leaves a half checkpoint under a valid name; on resume a checkpoint whose files are missing or whose checksums
 do not match is reported and the previous good one is used. Only safetensors and torch.load(weights_only=True).
@@ -19,7 +21,10 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_file, save_model
+from safetensors.torch import load_model, save_model
+
+from ..errors import ConfigError
+from ..parallel import comm
 
 MANIFEST = "manifest.json"
 
@@ -56,39 +61,53 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _weights_to_save(model) -> Optional[dict]:
-    """A LoRA (peft) policy: only the adapter weights (trainable, plus a frozen `reference` adapter that TR-DPO
-    moves); the base weights never change and are reloaded from --model. None = the whole model."""
-    if not hasattr(model, "peft_config"):
-        return None
-    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad or "lora_" in n}
+def save_checkpoint(ckpt_root: Path, step: int, *, strategy, model, optimizer, scheduler, loop_state: dict,
+                    total_limit: int = 2, weights: Optional[dict] = None, reference=None) -> Optional[Path]:
+    """Write checkpoint-STEP atomically and keep the newest `total_limit`; a collective (every rank calls it).
 
-
-def save_checkpoint(ckpt_root: Path, step: int, *, model, optimizer, scheduler, loop_state: dict,
-                    total_limit: int = 2, reference=None) -> Path:
-    """Write checkpoint-STEP atomically; keep the newest `total_limit`. Raises OSError on a failed write
-    (the temporary folder is removed, earlier checkpoints are untouched). `reference`: a live reference model that
-    changes during training (TR-DPO), saved too so that a resumed run continues from the mixed reference."""
-    ckpt_root.mkdir(parents=True, exist_ok=True)
+    Raises OSError on every rank if any rank's write failed (the temporary folder is removed, earlier checkpoints
+    are untouched). `weights`: a partial state dict to save instead of the whole model (LoRA adapter).
+    `reference`: a live reference model that changes during training (TR-DPO), saved too so that a resumed run
+    continues from the mixed reference. Returns the folder (on rank 0; None elsewhere)."""
+    world = comm.world()
     final = ckpt_root / f"checkpoint-{step}"
     tmp = ckpt_root / f".tmp-checkpoint-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        partial = _weights_to_save(model)
-        if partial is None:
-            save_model(model, str(tmp / "model.safetensors"))
-        else:
-            save_file(partial, str(tmp / "model.safetensors"), metadata={"tiltlm": "adapter weights only"})
-        if reference is not None:
-            save_model(reference, str(tmp / "reference.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-                   tmp / "state.pt")
-        (tmp / "loop_state.json").write_text(json.dumps(loop_state, indent=1))
-        return seal(tmp, final, ckpt_root, step, total_limit)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    error: Optional[OSError] = None
+    if world.is_main:
+        try:
+            ckpt_root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        except OSError as e:
+            error = e
+    comm.barrier()
+    state: dict = {}
+    if comm.all_true(error is None):
+        try:
+            state = strategy.save_model_state(tmp, model, optimizer, weights)
+        except OSError as e:
+            error = e
+    if not comm.all_true(error is None):
+        if world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        comm.barrier()
+        raise error or OSError(f"another rank failed to write its part of checkpoint-{step}")
+    path = None
+    if world.is_main:
+        try:
+            if reference is not None:
+                save_model(reference, str(tmp / "reference.safetensors"))
+            torch.save({**state, "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "state.pt")
+            (tmp / "loop_state.json").write_text(json.dumps(loop_state, indent=1))
+            path = seal(tmp, final, ckpt_root, step, total_limit)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            error = e if isinstance(e, OSError) else None
+            if error is None:
+                raise
+    if not comm.all_true(error is None):
+        raise error or OSError(f"rank 0 failed to seal checkpoint-{step}")
+    return path
 
 
 def seal(tmp: Path, final: Path, ckpt_root: Path, step: int, total_limit: int) -> Path:
@@ -144,7 +163,7 @@ def find_resumable(ckpt_root: Path, requested: str, log=print) -> Optional[Path]
         path = Path(requested)
         problem = verify(path) if path.is_dir() else "not found"
         if problem:
-            raise ValueError(f"cannot resume from {requested}: {problem}")
+            raise ConfigError(f"cannot resume from {requested}: {problem}")
         return path
     for ckpt in reversed(list_checkpoints(ckpt_root)):
         problem = verify(ckpt)
@@ -154,19 +173,12 @@ def find_resumable(ckpt_root: Path, requested: str, log=print) -> Optional[Path]
     return None
 
 
-def load_checkpoint(ckpt: Path, *, model, optimizer, scheduler, reference=None) -> dict:
-    """Restore model/optimizer/scheduler/RNG in place; returns the loop state."""
-    from .fsdp import is_sharded, load_checkpoint as load_sharded  # (fsdp imports this module: import here)
-
-    if is_sharded(ckpt):  # written by --dist fsdp ranks
-        return load_sharded(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
-    missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
-    if unexpected:
-        raise ValueError(f"checkpoint {ckpt} has weights this model does not: {sorted(unexpected)[:5]}")
+def load_checkpoint(ckpt: Path, *, strategy, model, optimizer, scheduler, reference=None) -> dict:
+    """Restore model/optimizer/scheduler/RNG in place (and a TR-DPO reference); returns the loop state."""
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    strategy.load_model_state(ckpt, model, optimizer, state)
     if reference is not None and (ckpt / "reference.safetensors").is_file():
         load_model(reference, str(ckpt / "reference.safetensors"))
-    state = torch.load(ckpt / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return json.loads((ckpt / "loop_state.json").read_text())

@@ -14,12 +14,10 @@ import math
 from typing import Callable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..types import PairLogps, TokenizedPair
 from .batching import ModelBatch, collate
-from .fsdp import root_of as fsdp_root_of
-from .types import PairLogps, TokenizedPair
 
 
 def backbone_of(model: torch.nn.Module) -> torch.nn.Module:
@@ -83,15 +81,10 @@ def chunked_token_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: 
 
 def token_logps(model: torch.nn.Module, batch: ModelBatch, *, chunked: bool = True,
                 chunk_size: int = 1024) -> torch.Tensor:
-    """Per-completion-token log-probs (T,), fp32, in the order of batch.labels."""
-    root = fsdp_root_of(model)
-    if root is not None:  # --dist fsdp: the whole computation runs inside the FSDP root unit's forward (fsdp.py)
-        return root(batch, chunked, chunk_size)
-    return unsharded_token_logps(model, batch, chunked=chunked, chunk_size=chunk_size)
+    """Per-completion-token log-probs (T,), fp32, in the order of batch.labels.
 
-
-def unsharded_token_logps(model: torch.nn.Module, batch: ModelBatch, *, chunked: bool = True,
-                          chunk_size: int = 1024) -> torch.Tensor:
+    A function of the plain (unsharded) model; a sharded model runs this same function inside its root unit
+    (the training strategy wraps it, see parallel/fsdp.py), so nothing here knows how the model is held."""
     mask = batch.attention_mask(getattr(model.config, "_attn_implementation", "sdpa") or "sdpa",
                                 dtype=next(model.parameters()).dtype)
     kwargs = dict(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=False)
@@ -159,13 +152,3 @@ def check_fast_path(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, p
         return (f"fast log-prob path differs from the plain path by {worst:.3g} nats on this model; "
                 "falling back to --no-prefix-sharing --no-chunked-logps")
     return None
-
-
-def seed_response_logprob(model, input_ids, attn_mask, response_mask) -> torch.Tensor:
-    """The seed document's response_logprob, verbatim in spirit: the reference every fast path is tested against."""
-    out = model(input_ids=input_ids, attention_mask=attn_mask, use_cache=False)
-    logits = out.logits[:, :-1, :].float()
-    targets = input_ids[:, 1:]
-    rm = response_mask[:, 1:].float()
-    logp_tok = F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (logp_tok * rm).sum(dim=-1)

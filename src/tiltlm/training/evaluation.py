@@ -1,0 +1,85 @@
+"""Held-out evaluation during training, and the end of a run: per-pair scores, the final model, the doctor's
+last checks."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from ..core.batching import micro_batches
+from ..core.losses import LossHParams
+from ..core.metrics import MetricWindow
+from ..model import lora
+from ..rundir import PAIR_SCORES
+from ..types import LossOutput, PairLogps, as_text
+from .reporting import Reporter
+from .step import forward_pairs
+
+
+def _batches(s, pairs: list, batch_size: int) -> list:
+    return [b for start in range(0, len(pairs), batch_size)
+            for b in micro_batches(pairs[start:start + batch_size], batch_size=batch_size,
+                                   prefix_sharing=s.cfg.prefix_sharing, packing=False,
+                                   max_tokens_per_batch=s.cfg.max_tokens_per_batch,
+                                   pad_token_id=s.tokenizer.pad_token_id)]
+
+
+@torch.no_grad()
+def evaluate(s, hp: LossHParams) -> dict:
+    """`eval/...` metrics over the eval pairs; each process evaluates its share, the sums are combined."""
+    window = MetricWindow()
+    own = s.strategy.shard(s.eval_pairs)
+    spare = _batches(s, s.eval_pairs[:1], 1)[0]  # a process without eval pairs may still owe collective calls
+    for batch, real in s.strategy.micro_calls(_batches(s, own, s.cfg.per_device_eval_batch_size), spare=spare):
+        out = forward_pairs(s, batch.to(s.device), hp, s.eval_reference)
+        if real:
+            window.add(*out)
+    return {f"eval/{k}": v for k, v in s.strategy.reduce(window).compute().items()}
+
+
+@torch.no_grad()
+def pair_scores(s, hp: LossHParams, limit: int = 64) -> list[dict]:
+    """Per-pair numbers under the final policy (eval pairs, else the first `limit` training pairs) for reports.
+    (Under FSDP every process scores the same pairs: the forwards are collectives.)"""
+    pairs = s.eval_pairs or s.train_pairs[:limit]
+    rows = []
+    for batch in _batches(s, pairs, s.cfg.per_device_eval_batch_size):
+        batch = batch.to(s.device)
+        policy, ref, out = forward_pairs(s, batch, hp, s.eval_reference if s.eval_pairs else None)
+        rows += [score_row(idx, s.examples.get(idx), policy, ref, out, k)
+                 for k, idx in enumerate(batch.pair_index.tolist())]
+    return sorted(rows, key=lambda r: r["index"])
+
+
+def score_row(index: int, example, policy: PairLogps, ref: Optional[PairLogps], out: LossOutput, k: int) -> dict:
+    """One pair_scores.jsonl record: pair `k` of a micro-batch, with its texts (for the report's hardest pairs)."""
+    return {
+        "index": index, "source": getattr(example, "source", ""),
+        "prompt": as_text(example.prompt)[:2000] if example else "",
+        "chosen": as_text(example.chosen)[:2000] if example else "",
+        "rejected": as_text(example.rejected)[:2000] if example else "",
+        "policy_chosen": float(policy.chosen[k]), "policy_rejected": float(policy.rejected[k]),
+        "ref_chosen": float(ref.chosen[k]) if ref is not None else None,
+        "ref_rejected": float(ref.rejected[k]) if ref is not None else None,
+        "chosen_tokens": int(policy.chosen_tokens[k]), "rejected_tokens": int(policy.rejected_tokens[k]),
+        "reward_chosen": float(out.chosen_rewards[k]), "reward_rejected": float(out.rejected_rewards[k]),
+        "margin": float(out.chosen_rewards[k] - out.rejected_rewards[k]), "loss": float(out.losses[k]),
+    }
+
+
+def finish_run(s, report: Reporter, hp: LossHParams, log: Callable) -> None:
+    """Write pair_scores.jsonl, run the doctor's end-of-run checks, save the final model and tokenizer."""
+    scores = pair_scores(s, hp)
+    state_dict = s.strategy.full_state_dict(s.model)  # gathered to rank 0 under FSDP (a collective)
+    run = s.run
+    if not run.writable:
+        return
+    run.write_records(PAIR_SCORES, scores)
+    report.finish()
+    if lora.is_peft(s.model):  # the adapter (+ OUTPUT_DIR/merged with --merge-lora)
+        lora.save(s.model, run.path, s.tokenizer, s.cfg.merge_lora, log)
+    else:
+        s.model.save_pretrained(run.path, safe_serialization=True, state_dict=state_dict)
+    s.tokenizer.save_pretrained(run.path)
+    log(f"saved model and tokenizer to {run.path}")

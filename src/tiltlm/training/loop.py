@@ -1,0 +1,136 @@
+"""The DPO training loop. `train()` reads top to bottom on one screen: set up, then
+step -> micro-batches -> loss -> strategy -> optimizer -> log / eval / save. It never asks which parallel strategy
+runs (parallel/strategy.py) or how the reference is computed (setup.py)."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import torch
+
+from ..config import TrainConfig
+from ..core.batching import step_pairs
+from ..core.losses import LossHParams
+from ..core.metrics import MetricWindow
+from ..errors import TrainingError
+from ..model.lora import adapter_weights
+from ..parallel import comm
+from ..parallel import strategy as strategies
+from . import checkpoint as ckpt
+from . import tr_dpo
+from .evaluation import evaluate, finish_run
+from .optim import build_optimizer, total_steps
+from .reporting import Reporter
+from .setup import Setup, setup
+from .state import LoopState, StopSignals
+from .step import backward_step
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    t_setup = time.perf_counter()
+    strategy = strategies.choose(cfg.dist, cfg.device)  # world size 1 = one process: the same code path
+    log = comm.rank_zero(log)
+    s = setup(cfg, strategy, log=log)
+    log(f"setup took {time.perf_counter() - t_setup:.1f}s")
+    cfg, run = s.cfg, s.run
+    pairs_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * strategy.world.size
+    steps = total_steps(cfg, len(s.train_pairs), pairs_per_step)
+    params, optimizer, scheduler = build_optimizer(s.model, cfg, steps)
+    state = LoopState()
+    moving_ref = tr_dpo.moving_reference_model(s.reference) if cfg.sync_ref_model else None
+    checkpoint_kw = dict(strategy=strategy, model=s.model, optimizer=optimizer, scheduler=scheduler,
+                         reference=moving_ref)
+    if cfg.resume:
+        state = resume(s, cfg.resume, checkpoint_kw, log) or state
+    report = Reporter(run, log=log, tensorboard=cfg.report_to == "tensorboard", progress=cfg.progress,
+                      total_steps=steps, done_steps=state.step, doctor=dict(
+                          beta=cfg.beta, learning_rate=cfg.learning_rate, loss_types=cfg.loss_type) if cfg.doctor
+                      else None)
+    window, consecutive_bad, last, last_eval = MetricWindow(), 0, {}, {}
+    hp = loss_hparams(cfg, bco_delta=state.rewards.value)
+    s.model.train()
+    with StopSignals() as stop:
+        try:
+            while state.step < steps and not stop.requested:
+                t_step = time.perf_counter()
+                hp = loss_hparams(cfg, bco_delta=state.rewards.value)
+                pairs = step_pairs(s.train_pairs, state.step, pairs_per_step, cfg.seed)
+                step_window, step_rewards, finite = backward_step(s, pairs, hp)
+                strategy.reduce_gradients(params)  # SUM over processes = the gradient of the whole step
+                step_window = strategy.reduce(step_window)  # every process holds the global sums
+                state.rewards.merge(strategy.reduce(step_rewards))
+                grad_norm = strategy.clip_grad_norm(params, cfg.max_grad_norm)  # global fp64 norm BEFORE clipping
+                if strategy.all_true(finite and math.isfinite(grad_norm)):
+                    optimizer.step()
+                    consecutive_bad = 0
+                    window.merge(step_window)
+                else:  # skip the update, keep the schedule moving so step numbers stay aligned
+                    consecutive_bad += 1
+                    state.nonfinite_total += 1
+                    log(f"warning: step {state.step + 1}: non-finite loss or gradient; update skipped "
+                        f"(pairs {sorted(p.index for p in pairs)})")
+                    if consecutive_bad >= cfg.max_nonfinite_steps:
+                        raise TrainingError(f"{consecutive_bad} consecutive non-finite steps at step {state.step + 1}"
+                                            ": lower the learning rate, use float32, or check the pairs listed above")
+                optimizer.zero_grad(set_to_none=True)
+                with warnings.catch_warnings():  # a skipped first update makes torch warn about the call order
+                    warnings.simplefilter("ignore", UserWarning)
+                    scheduler.step()
+                state.step += 1
+                state.pairs_seen += len(pairs)
+                if cfg.sync_ref_model and tr_dpo.due(state.step, cfg.ref_model_sync_steps):
+                    tr_dpo.sync_reference(s.reference, s.model, cfg.ref_model_mixup_alpha)
+                window.note_step(grad_norm, time.perf_counter() - t_step)
+                if state.step % cfg.logging_steps == 0 or state.step == steps:
+                    last = {"step": state.step, "epoch": state.pairs_seen / len(s.train_pairs),
+                            "pairs_seen": state.pairs_seen, **window.compute(),
+                            "learning_rate": scheduler.get_last_lr()[0], "nonfinite_steps": state.nonfinite_total}
+                    report.train_record(last)
+                    window = MetricWindow()
+                if s.eval_pairs and cfg.eval_steps > 0 and state.step % cfg.eval_steps == 0:
+                    last_eval = report.eval_record({"step": state.step, **evaluate(s, hp)})
+                if cfg.save_steps > 0 and state.step % cfg.save_steps == 0:
+                    save(s, state, checkpoint_kw, log)
+                report.step_done()
+        finally:
+            report.close()
+    if stop.requested:
+        save(s, state, checkpoint_kw, log)
+        log(f"stopped by signal {stop.signal} at step {state.step}; resume with --resume auto")
+        return {**last, "interrupted": True}
+    if s.eval_pairs and last_eval.get("step") != state.step:  # not already evaluated at this very step
+        last_eval = report.eval_record({"step": state.step, **evaluate(s, hp)})
+    finish_run(s, report, hp, log)
+    return {**last, **last_eval}
+
+
+def loss_hparams(cfg: TrainConfig, bco_delta: float) -> LossHParams:
+    return LossHParams(beta=cfg.beta, label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma,
+                       discopop_tau=cfg.discopop_tau, bco_delta=bco_delta)
+
+
+def resume(s: Setup, requested: str, checkpoint_kw: dict, log) -> LoopState | None:
+    """Restore the newest good checkpoint (`auto`) or the given one; None when there is none to resume."""
+    found = ckpt.find_resumable(s.run.checkpoints, requested, log=log)
+    if found is None:
+        log("no checkpoint to resume from; starting fresh")
+        return None
+    state = LoopState.from_dict(ckpt.load_checkpoint(found, **checkpoint_kw))
+    s.run.truncate_records(after_step=state.step)
+    log(f"resumed from {found} at step {state.step}")
+    return state
+
+
+def save(s: Setup, state: LoopState, checkpoint_kw: dict, log) -> None:
+    """Write a checkpoint; a failed write (e.g. a full disk) keeps the previous one and training goes on."""
+    try:
+        path = ckpt.save_checkpoint(s.run.checkpoints, state.step, loop_state=state.to_dict(),
+                                    total_limit=s.cfg.save_total_limit, weights=adapter_weights(s.model),
+                                    **checkpoint_kw)
+        log(f"checkpoint: {path}")
+    except OSError as e:
+        good = ckpt.list_checkpoints(s.run.checkpoints)
+        log(f"error: writing the checkpoint at step {state.step} failed ({e}); "
+            f"last good checkpoint: {good[-1] if good else 'none'}")

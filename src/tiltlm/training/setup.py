@@ -1,0 +1,175 @@
+"""Everything a run needs before its first step: the run folder, the pairs, the policy, the reference.
+
+Read top to bottom, `setup` is the recipe: folder -> tokenizer and pairs -> policy (fast-path check, LoRA,
+gradient checkpointing) -> config.yaml as it will actually run -> reference (cached, live, or adapter-off) ->
+the policy handed to the parallel strategy. The loop (loop.py) gets a `Setup` and never learns how any of it
+was made.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..core.batching import ModelBatch
+from ..core.logps import check_fast_path, score_pairs, token_logps
+from ..core.losses import needs_reference
+from ..data import prepare_dataset
+from ..errors import ConfigError
+from ..model import lora
+from ..model.loading import fingerprint, load_model, load_tokenizer
+from ..model.reference import LiveReference, cached_reference
+from ..parallel import comm
+from ..rundir import DATA_STATS, REFERENCE, SKIPPED, SKIPPED_EVAL, RunDir
+from ..types import PairLogps
+
+Reference = Callable[[ModelBatch], PairLogps]
+
+
+@dataclass
+class Setup:
+    cfg: TrainConfig
+    run: RunDir
+    strategy: object  # parallel.strategy.Replicated | Sharded
+    device: torch.device
+    tokenizer: object
+    model: torch.nn.Module  # the policy as optimizers and state dicts see it (peft-wrapped under LoRA)
+    policy: Callable[[ModelBatch], torch.Tensor]  # batch -> per-token log-probs (the sharded root under FSDP)
+    train_pairs: list
+    eval_pairs: list
+    examples: dict  # index -> PreferenceExample (for reports)
+    reference: Optional[Reference]  # None for reference-free losses
+    eval_reference: Optional[Reference]
+
+
+def setup(cfg: TrainConfig, strategy, log: Callable = print) -> Setup:
+    if not cfg.model or not cfg.data or not cfg.output_dir:
+        raise ConfigError("--model, --data and --output-dir are required")
+    run = open_run_dir(cfg)
+    device = comm.device(cfg.device)  # cuda:LOCAL_RANK under torchrun on GPUs
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    train_pairs, eval_pairs, examples = load_pairs(cfg, tokenizer, run, log)
+
+    model = load_model(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
+    problem = check_fast_path(model, train_pairs, pad_token_id=tokenizer.pad_token_id)
+    if problem and (cfg.prefix_sharing or cfg.chunked_logps or cfg.packing):
+        log(f"warning: {problem}")
+        cfg.prefix_sharing = cfg.chunked_logps = cfg.packing = False
+    if cfg.uses_lora:
+        model = lora.apply(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                           target_modules=cfg.lora_target_modules, adapter=cfg.lora_adapter,
+                           reference_adapter=cfg.sync_ref_model, log=log)
+    enable_gradient_checkpointing(model, cfg.gradient_checkpointing, log)
+    run.write_config(cfg.to_dict())  # after the start-up decisions: the folder says what actually runs
+
+    token_fn = functools.partial(token_logps, chunked=cfg.chunked_logps, chunk_size=cfg.logps_chunk_size)
+    reference = eval_reference = None
+    if needs_reference(cfg.loss_type):
+        reference, eval_reference = build_reference(cfg, strategy, model, token_fn, train_pairs, eval_pairs,
+                                                    tokenizer, device, run, log)
+    policy = strategy.wrap(model, token_fn)  # after the (unsharded, distributed) reference pass
+    if strategy.name == "fsdp" and strategy.world.enabled:
+        log(f"fsdp: policy sharded over {strategy.world.size} ranks")
+    return Setup(cfg, run, strategy, device, tokenizer, model, policy, train_pairs, eval_pairs, examples,
+                 reference, eval_reference)
+
+
+def open_run_dir(cfg: TrainConfig) -> RunDir:
+    """Rank 0 validates and creates the folder while the others wait; they get a read-only view of it."""
+    world = comm.world()
+    if world.is_main:
+        try:
+            return RunDir.create(cfg.output_dir, inputs=(cfg.data, cfg.eval_data, cfg.model),
+                                 resume=bool(cfg.resume), overwrite=cfg.overwrite_output_dir)
+        finally:
+            comm.barrier()
+    comm.barrier()
+    out = Path(cfg.output_dir).expanduser().resolve()
+    if not out.is_dir():
+        raise ConfigError(f"rank 0 could not prepare {cfg.output_dir}")
+    return RunDir(out, writable=False)
+
+
+def load_pairs(cfg: TrainConfig, tokenizer, run: RunDir, log: Callable) -> tuple[list, list, dict]:
+    """Training and eval pairs (eval from --eval-data, or a seeded --eval-split share of --data), all validated
+    and tokenised before any training; data_stats.json written. Returns (train, eval, examples by index)."""
+    kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+              prompt_delimiter=cfg.prompt_delimiter, skip_invalid=cfg.skip_invalid)
+    skipped = lambda name: str(run.file(name)) if run.writable else None  # noqa: E731
+    examples, pairs, stats = prepare_dataset(cfg.data, tokenizer, skipped_path=skipped(SKIPPED), **kw)
+    eval_examples, eval_pairs = [], []
+    if cfg.eval_data:
+        eval_examples, eval_pairs, eval_stats = prepare_dataset(cfg.eval_data, tokenizer,
+                                                                skipped_path=skipped(SKIPPED_EVAL), **kw)
+        stats["eval"] = {k: eval_stats[k] for k in ("rows", "valid", "skipped", "truncated") if k in eval_stats}
+        # eval pairs get their own index range so they never collide with training pairs in caches
+        offset = max((p.index for p in pairs), default=-1) + 1
+        for p in eval_pairs:
+            p.index += offset
+        eval_examples = [type(e)(**{**e.__dict__, "index": e.index + offset}) for e in eval_examples]
+    elif cfg.eval_split > 0:
+        g = torch.Generator().manual_seed(cfg.seed)
+        perm = torch.randperm(len(pairs), generator=g).tolist()
+        held = set(perm[:max(1, int(len(pairs) * cfg.eval_split))])
+        eval_pairs = [p for k, p in enumerate(pairs) if k in held]
+        pairs = [p for k, p in enumerate(pairs) if k not in held]
+    if not pairs:
+        raise ConfigError(f"no training pairs left in {cfg.data}")
+    run.write_json(DATA_STATS, stats)
+    log(f"data: {len(pairs)} training pairs, {len(eval_pairs)} eval pairs; {stats.get('skipped', 0)} skipped, "
+        f"{stats.get('truncated', 0)} truncated to max_length={cfg.max_length}")
+    by_index = {e.index: e for e in [*examples, *eval_examples]}
+    return pairs, eval_pairs, by_index
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module, enabled: bool, log: Callable) -> None:
+    """Recompute each block in backward (exact: the same forward, run again)."""
+    if not enabled:
+        return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        log(f"note: {type(model).__name__} does not support gradient checkpointing; training without it")
+    elif hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def build_reference(cfg: TrainConfig, strategy, policy_model, token_fn, train_pairs, eval_pairs, tokenizer,
+                    device, run: RunDir, log: Callable) -> tuple[Reference, Optional[Reference]]:
+    """(training reference, eval reference): cached log-probs, or a live model -- the policy with its adapter
+    off under LoRA, else a frozen copy of --ref-model / --model, held (and sharded) like the policy."""
+    same_model = cfg.ref_model is None or cfg.ref_model == cfg.model
+    if cfg.precompute_ref_log_probs:
+        # at step 0 the policy IS the reference (a fresh LoRA adapter is zero; a continued one equals its frozen
+        # copy): it scores the pairs before training, and no second model ever exists
+        ref_model = policy_model if same_model else load_model(cfg.ref_model, dtype=cfg.dtype, device=device,
+                                                               trust_remote_code=cfg.trust_remote_code)
+        fp = lora.fingerprint(fingerprint(cfg.ref_model or cfg.model), cfg.lora_adapter)
+        score = functools.partial(_score_with_progress, ref_model, cfg, tokenizer.pad_token_id)
+        reference, path, _ = cached_reference(score, fp, cfg.dtype, train_pairs, cache_dir=cfg.ref_cache_dir,
+                                              log=log)
+        eval_reference = cached_reference(score, fp, cfg.dtype, eval_pairs, cache_dir=cfg.ref_cache_dir,
+                                          log=log)[0] if eval_pairs else None
+        run.write_json(REFERENCE, {"cache": str(path), "model_fingerprint": fp})
+        return reference, eval_reference
+    if cfg.uses_lora and same_model:  # the policy itself, switched to its reference weights for the call
+        live = LiveReference(policy_model, functools.partial(token_fn, policy_model), switch=lora.reference_weights)
+    else:
+        ref_model = load_model(cfg.ref_model or cfg.model, dtype=cfg.dtype, device=device,
+                               trust_remote_code=cfg.trust_remote_code)
+        live = LiveReference(ref_model, strategy.wrap(ref_model, token_fn))
+    return live, live
+
+
+def _score_with_progress(model, cfg: TrainConfig, pad_token_id: int, pairs) -> PairLogps:
+    show = cfg.progress and comm.world().is_main
+    with tqdm(total=len(pairs), desc="reference log-probs", unit="pair", disable=not show, leave=False) as bar:
+        return score_pairs(model, pairs, batch_size=cfg.per_device_eval_batch_size, pad_token_id=pad_token_id,
+                           chunk_size=cfg.logps_chunk_size, progress=bar.update)

@@ -1,0 +1,85 @@
+"""The small pieces of state the training loop carries from step to step, each a named helper.
+
+* `LoopState`  -- where the run is (step, pairs seen, skipped steps, BCO's reward mean); saved in every
+                  checkpoint as loop_state.json, so a resumed run continues exactly.
+* `RewardMean` -- the running mean of implicit rewards that BCO's loss shifts by (delta); merges across processes.
+* `StopSignals` -- SIGINT/SIGTERM ask the loop to stop after the current step (it then checkpoints).
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from ..types import LossOutput
+
+
+@dataclass
+class RewardMean:
+    """Sum and count of implicit rewards (chosen and rejected) seen so far; `value` is BCO's delta."""
+
+    sum: float = 0.0
+    n: int = 0
+
+    def add(self, out: LossOutput) -> None:
+        rewards = torch.cat([out.chosen_rewards, out.rejected_rewards]).detach()
+        self.sum += float(rewards.sum())
+        self.n += rewards.numel()
+
+    def merge(self, other: "RewardMean") -> None:
+        self.sum += other.sum
+        self.n += other.n
+
+    @property
+    def value(self) -> float:
+        return self.sum / max(self.n, 1)
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    pairs_seen: int = 0
+    nonfinite_total: int = 0
+    rewards: RewardMean = field(default_factory=RewardMean)
+
+    def to_dict(self) -> dict:
+        """The loop_state.json record (flat keys, as checkpoints have always stored them)."""
+        return {"step": self.step, "pairs_seen": self.pairs_seen, "nonfinite_total": self.nonfinite_total,
+                "bco_sum": self.rewards.sum, "bco_n": self.rewards.n}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoopState":
+        return cls(step=int(d["step"]), pairs_seen=int(d["pairs_seen"]), nonfinite_total=int(d["nonfinite_total"]),
+                   rewards=RewardMean(float(d.get("bco_sum", 0.0)), int(d.get("bco_n", 0))))
+
+
+class StopSignals:
+    """`with StopSignals() as stop:` -- SIGINT/SIGTERM set `stop.signal` instead of killing the process, so the
+    loop can finish its step and write a checkpoint; the previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signal: Optional[int] = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+
+__all__ = ["RewardMean", "LoopState", "StopSignals"]
