@@ -214,10 +214,12 @@ def child_trl(a, opts: dict, steps_out: list, timing: dict) -> None:
 
 
 def child_tiltlm(a, opts: dict, steps_out: list, timing: dict) -> None:
-    import tiltlm.run as trun
-    import tiltlm.train as ttrain
-    from tiltlm.batching import micro_batches
+    import tiltlm.training.evaluation as tevaluation
+    import tiltlm.training.loop as tloop
+    import tiltlm.training.reporting as treporting
+    import tiltlm.training.setup as tsetup
     from tiltlm.config import load_config
+    from tiltlm.core.batching import micro_batches
 
     cfg = load_config(overrides=dict(model=a.model, data=a.data, output_dir=os.path.join(a.workdir, "run"),
                                      per_device_train_batch_size=a.batch_size,
@@ -226,7 +228,7 @@ def child_tiltlm(a, opts: dict, steps_out: list, timing: dict) -> None:
                                      seed=a.seed, progress=False, doctor=False, device="cuda" if a.cuda else "cpu",
                                      ref_cache_dir=os.path.join(a.workdir, "refcache"), **opts))
     # timestamps: a step starts when the loop asks for its pairs and ends when its metrics are logged
-    orig_pairs, orig_log, orig_ref = ttrain.step_pairs, trun.RunDir.log_metrics, ttrain.cached_reference
+    orig_pairs, orig_log, orig_ref = tloop.step_pairs, treporting.Reporter.train_record, tsetup.cached_reference
     cur = {}
 
     def timed_pairs(*args_, **kw):
@@ -255,11 +257,11 @@ def child_tiltlm(a, opts: dict, steps_out: list, timing: dict) -> None:
         finally:
             timing["precompute_s"] = timing.get("precompute_s", 0.0) + time.perf_counter() - t
 
-    ttrain.step_pairs, ttrain.cached_reference, trun.RunDir.log_metrics = timed_pairs, timed_ref, timed_log
+    tloop.step_pairs, tsetup.cached_reference, treporting.Reporter.train_record = timed_pairs, timed_ref, timed_log
     # the end-of-run per-pair report (one more forward over the data) is not training work: skip it here
-    ttrain.pair_scores = lambda *args_, **kw: []
+    tevaluation.pair_scores = lambda *args_, **kw: []
     t = time.perf_counter()
-    ttrain.train(cfg, log=lambda *x: None)
+    tloop.train(cfg, log=lambda *x: None)
     timing["train_s"] = time.perf_counter() - t  # includes setup, the measured steps and the end-of-run scoring
 
 

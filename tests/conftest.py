@@ -41,14 +41,14 @@ def smollm2_tokenizer(request):
 
 
 @pytest.fixture(scope="session")
-def tiny_assets(tmp_path_factory):
+def tiny_assets(tmp_path_factory, smollm2_tokenizer):
     """One tiny random Llama folder (SmolLM2's real tokenizer) and the pair files every training test uses:
     train.jsonl (16 pairs), train12.jsonl (12), eval.jsonl (8), eval6.jsonl (its first 6), swapped.jsonl (the 16
     training pairs with chosen and rejected exchanged). Built once per test session."""
     from tiny_models import tiny_model_dir, write_pairs
 
     root = tmp_path_factory.mktemp("assets")
-    tiny_model_dir(root / "model")
+    tiny_model_dir(root / "model", smollm2_tokenizer)
     write_pairs(root / "train.jsonl", n=16)
     write_pairs(root / "train12.jsonl", n=12)
     write_pairs(root / "eval.jsonl", n=8, seed=1)

@@ -9,6 +9,7 @@ import math
 import pytest
 
 from tiltlm.commands.doctor import add_cli
+from tiltlm.core.losses import LOSSES
 from tiltlm.doctor.checks import Doctor, DoctorThresholds, Finding, initial_loss
 from tiltlm.doctor.replay import diagnose_run
 
@@ -144,6 +145,20 @@ def test_reference_mismatch_loss_margin_kl():
     found = [f for f in run(s) if f.check == "reference_mismatch"]
     assert len(found) == 1 and found[0].step == 1 and found[0].severity == "error"
     assert "0.6931" in found[0].message and "--ref-model" in found[0].fix
+
+
+def test_reference_mismatch_checks_every_reference_loss():
+    """The step-1 value comes from each loss's own LossSpec, so no loss is silently left unchecked (exo_pair was,
+    when the doctor kept its own table). exo_pair at x = 0 with eps = 1e-3: -ln2 - (ln(0.999) + ln(0.001))/2."""
+    assert initial_loss("exo_pair", 0.1) == pytest.approx(-math.log(2) - 0.5 * (math.log(0.999) + math.log(1e-3)))
+    for lt, spec in LOSSES.items():
+        if spec.reference_free:
+            assert initial_loss(lt, 0.1) is None
+            continue
+        s = healthy_stream()
+        s[0]["loss"] = 1.5 * initial_loss(lt, 0.1) + 0.5  # well off what policy == reference gives
+        found = [f for f in run(s, loss_types=(lt,)) if f.check == "reference_mismatch"]
+        assert found and f"{initial_loss(lt, 0.1):.4f}" in found[0].message, lt
 
 
 def test_reference_mismatch_ipo_expected_loss():

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from tiltlm.commands import explain, landscape
+from tiltlm.commands import landscape
 from tiltlm.commands.explain import add_cli, explain_numbers, format_explanation, run_explain
 from tiltlm.core.losses import LOSSES
 

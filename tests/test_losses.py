@@ -108,6 +108,20 @@ def test_step0_value(name):
         assert out.chosen_rewards.item() == 0.0 and out.rejected_rewards.item() == 0.0
 
 
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_lossspec_at_reference_is_the_hand_derived_step0_value(name):
+    """The LossSpec's declared value at policy == reference (what the doctor's step-1 check compares with) is the
+    hand-derived table above, and equals the loss function itself at zero log-ratios for other hyper-parameters."""
+    spec = LOSSES[name]
+    if spec.reference_free:
+        assert spec.at_reference is None
+        return
+    assert spec.at_reference(LossHParams(beta=STEP0_BETA)) == pytest.approx(STEP0[name], abs=1e-6)
+    for hp in (LossHParams(beta=0.5, label_smoothing=0.2, bco_delta=0.3), LossHParams(beta=0.05, discopop_tau=0.2)):
+        p = pair(-3.0, -7.0, 3.0, 5.0, dtype=torch.float64)
+        assert spec.at_reference(hp) == pytest.approx(LOSSES[name](p, p, hp).losses.item(), abs=1e-9)
+
+
 def test_step0_robust_label_smoothing_still_ln2():
     # ((1-eps) ln2 - eps ln2) / (1 - 2 eps) = ln2 for any eps
     p = pair(-4.0, -6.0)

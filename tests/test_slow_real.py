@@ -18,7 +18,7 @@ from tiltlm.assets import smollm2_gguf_path
 from tiltlm.config import load_config
 from tiltlm import train
 
-from tiny_models import tiny_model_dir, write_pairs
+from tiny_models import tiny_model_dir
 
 pytestmark = pytest.mark.slow
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_dev.jsonl"
@@ -70,10 +70,10 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 
 @pytest.fixture(scope="module")
-def crash_assets(tmp_path_factory):
+def crash_assets(tmp_path_factory, tiny_assets):
     root = tmp_path_factory.mktemp("crash")
-    tiny_model_dir(root / "model")
-    write_pairs(root / "train.jsonl", n=12)
+    (root / "model").symlink_to(tiny_assets / "model")
+    (root / "train.jsonl").write_text((tiny_assets / "train12.jsonl").read_text())
     out = root / "uninterrupted"
     subprocess.run(_cmd(root, out), check=True, capture_output=True)
     return root, load_file(str(out / "model.safetensors"))
@@ -113,12 +113,12 @@ def test_sigterm_saves_a_checkpoint_and_resumes(crash_assets, tmp_path):
     assert all(torch.equal(want[k], got[k]) for k in want)
 
 
-def test_doctor_flags_hh_pairs_trained_with_swapped_columns(tmp_path):
+def test_doctor_flags_hh_pairs_trained_with_swapped_columns(tmp_path, smollm2_tokenizer):
     """The seeds' sign-bug/inverted-data failure on real data: train on HH pairs whose chosen and rejected columns
     are exchanged, evaluate on the same pairs correctly labelled -> the doctor's inverted_data warning."""
     if not HH.is_file():
         pytest.skip(f"{HH} not found (the shared HH-RLHF pairs live next to the repository)")
-    tiny_model_dir(tmp_path / "model", hidden=64)
+    tiny_model_dir(tmp_path / "model", smollm2_tokenizer, hidden=64)
     rows = [json.loads(line) for line in HH.read_text().splitlines()[:16]]
     (tmp_path / "swapped.jsonl").write_text("".join(
         json.dumps({"chosen": r["rejected"], "rejected": r["chosen"]}) + "\n" for r in rows))

@@ -242,3 +242,19 @@ def test_tensorboard_receives_the_logged_metrics(assets, tmp_path):
     losses = [e.value for e in acc.Scalars("loss")]
     assert [e.step for e in acc.Scalars("loss")] == [r["step"] for r in records]
     assert losses == pytest.approx([r["loss"] for r in records], abs=1e-6)
+
+
+def test_config_yaml_records_the_fast_paths_that_actually_ran(assets, tmp_path, monkeypatch):
+    """When the start-up check turns the fast paths off, config.yaml says so (it is written after the check)."""
+    import yaml
+
+    import tiltlm.training.setup as setup_module
+
+    monkeypatch.setattr(setup_module, "check_fast_path", lambda *a, **k: "fast path differs on this model (test)")
+    messages = []
+    opts = dict(model=str(assets / "model"), data=str(assets / "train.jsonl"), output_dir=str(tmp_path / "o"),
+                max_steps=1, progress=False, ref_cache_dir=str(tmp_path / "cache"), packing=True)
+    train(load_config(None, opts), log=messages.append)
+    ran = yaml.safe_load((tmp_path / "o" / "config.yaml").read_text())
+    assert (ran["prefix_sharing"], ran["chunked_logps"], ran["packing"]) == (False, False, False)
+    assert any("fast path differs" in m for m in messages)

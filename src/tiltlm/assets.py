@@ -28,13 +28,3 @@ def smollm2_gguf_path() -> Optional[Path]:
         if found:
             return found[0]
     return None
-
-
-def load_smollm2_tokenizer():
-    """The real SmolLM2-135M-Instruct tokenizer (with its chat template), or None if the GGUF is missing."""
-    path = smollm2_gguf_path()
-    if path is None:
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -276,14 +276,3 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--rejected-tokens", "--rejected_tokens", dest="rejected_tokens", type=float, default=None)
     p.set_defaults(func=run_explain)
     return p
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="tilt")
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["explain", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
@@ -113,14 +113,3 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default="landscape.png")
     p.set_defaults(func=run_landscape)
     return p
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="tilt")
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["landscape", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

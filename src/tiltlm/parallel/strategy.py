@@ -41,6 +41,11 @@ class Replicated:
     def __init__(self, world: comm.World):
         self.world = world
 
+    def describe(self) -> str:
+        if not self.world.enabled:
+            return "one process"
+        return f"ddp: {self.world.size} processes, each holding the whole model"
+
     # ---------------------------------------------------------------------------------------------- data
     def shard(self, items: Sequence) -> list:
         return comm.shard(items)
@@ -101,6 +106,9 @@ class Sharded(Replicated):
     """FSDP2 (`--dist fsdp`): parameters, gradients and optimizer state sharded over the processes."""
 
     name = "fsdp"
+
+    def describe(self) -> str:
+        return f"fsdp: policy sharded over {self.world.size} ranks"
 
     def micro_calls(self, batches: list, spare: Any = None) -> list[tuple[Any, bool]]:
         """As many forward calls on every rank (FSDP's all-gathers are collectives): a rank with fewer

@@ -8,13 +8,11 @@ import math
 import time
 import warnings
 
-import torch
 
 from ..config import TrainConfig
 from ..core.batching import step_pairs
 from ..core.losses import LossHParams
 from ..core.metrics import MetricWindow
-from ..errors import TrainingError
 from ..model.lora import adapter_weights
 from ..parallel import comm
 from ..parallel import strategy as strategies
@@ -24,12 +22,13 @@ from .evaluation import evaluate, finish_run
 from .optim import build_optimizer, total_steps
 from .reporting import Reporter
 from .setup import Setup, setup
-from .state import LoopState, StopSignals
+from .state import LoopState, NonfiniteGuard, StopSignals
 from .step import backward_step
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
     t_setup = time.perf_counter()
+    cfg.validate()  # a TrainConfig built in Python gets the same checks as one from flags or YAML
     strategy = strategies.choose(cfg.dist, cfg.device)  # world size 1 = one process: the same code path
     log = comm.rank_zero(log)
     s = setup(cfg, strategy, log=log)
@@ -48,7 +47,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                       total_steps=steps, done_steps=state.step, doctor=dict(
                           beta=cfg.beta, learning_rate=cfg.learning_rate, loss_types=cfg.loss_type) if cfg.doctor
                       else None)
-    window, consecutive_bad, last, last_eval = MetricWindow(), 0, {}, {}
+    window, nonfinite, last, last_eval = MetricWindow(), NonfiniteGuard(cfg.max_nonfinite_steps), {}, {}
     hp = loss_hparams(cfg, bco_delta=state.rewards.value)
     s.model.train()
     with StopSignals() as stop:
@@ -64,16 +63,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 grad_norm = strategy.clip_grad_norm(params, cfg.max_grad_norm)  # global fp64 norm BEFORE clipping
                 if strategy.all_true(finite and math.isfinite(grad_norm)):
                     optimizer.step()
-                    consecutive_bad = 0
+                    nonfinite.passed()
                     window.merge(step_window)
-                else:  # skip the update, keep the schedule moving so step numbers stay aligned
-                    consecutive_bad += 1
-                    state.nonfinite_total += 1
-                    log(f"warning: step {state.step + 1}: non-finite loss or gradient; update skipped "
-                        f"(pairs {sorted(p.index for p in pairs)})")
-                    if consecutive_bad >= cfg.max_nonfinite_steps:
-                        raise TrainingError(f"{consecutive_bad} consecutive non-finite steps at step {state.step + 1}"
-                                            ": lower the learning rate, use float32, or check the pairs listed above")
+                else:
+                    nonfinite.skipped(state, sorted(p.index for p in pairs), log)
                 optimizer.zero_grad(set_to_none=True)
                 with warnings.catch_warnings():  # a skipped first update makes torch warn about the call order
                     warnings.simplefilter("ignore", UserWarning)

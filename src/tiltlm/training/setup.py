@@ -75,8 +75,7 @@ def setup(cfg: TrainConfig, strategy, log: Callable = print) -> Setup:
         reference, eval_reference = build_reference(cfg, strategy, model, token_fn, train_pairs, eval_pairs,
                                                     tokenizer, device, run, log)
     policy = strategy.wrap(model, token_fn)  # after the (unsharded, distributed) reference pass
-    if strategy.name == "fsdp" and strategy.world.enabled:
-        log(f"fsdp: policy sharded over {strategy.world.size} ranks")
+    log(strategy.describe())
     return Setup(cfg, run, strategy, device, tokenizer, model, policy, train_pairs, eval_pairs, examples,
                  reference, eval_reference)
 

@@ -3,6 +3,7 @@
 * `LoopState`  -- where the run is (step, pairs seen, skipped steps, BCO's reward mean); saved in every
                   checkpoint as loop_state.json, so a resumed run continues exactly.
 * `RewardMean` -- the running mean of implicit rewards that BCO's loss shifts by (delta); merges across processes.
+* `NonfiniteGuard` -- a step with a non-finite loss or gradient is skipped; too many in a row stop the run.
 * `StopSignals` -- SIGINT/SIGTERM ask the loop to stop after the current step (it then checkpoints).
 """
 
@@ -14,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from ..errors import TrainingError
 from ..types import LossOutput
 
 
@@ -56,6 +58,25 @@ class LoopState:
                    rewards=RewardMean(float(d.get("bco_sum", 0.0)), int(d.get("bco_n", 0))))
 
 
+class NonfiniteGuard:
+    """Counts updates skipped for a non-finite loss or gradient (the schedule still moves, so step numbers stay
+    aligned); `limit` of them in a row is a TrainingError that says what to try."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_a_row = limit, 0
+
+    def passed(self) -> None:
+        self.in_a_row = 0
+
+    def skipped(self, state: LoopState, pair_indices: list[int], log) -> None:
+        self.in_a_row += 1
+        state.nonfinite_total += 1
+        log(f"warning: step {state.step + 1}: non-finite loss or gradient; update skipped (pairs {pair_indices})")
+        if self.in_a_row >= self.limit:
+            raise TrainingError(f"{self.in_a_row} consecutive non-finite steps at step {state.step + 1}: lower the "
+                                "learning rate, use float32, or check the pairs listed above")
+
+
 class StopSignals:
     """`with StopSignals() as stop:` -- SIGINT/SIGTERM set `stop.signal` instead of killing the process, so the
     loop can finish its step and write a checkpoint; the previous handlers come back on exit."""
@@ -82,4 +103,4 @@ class StopSignals:
         return self.signal is not None
 
 
-__all__ = ["RewardMean", "LoopState", "StopSignals"]
+__all__ = ["RewardMean", "LoopState", "NonfiniteGuard", "StopSignals"]
