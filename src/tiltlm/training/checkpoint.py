@@ -87,6 +87,10 @@ def save_checkpoint(ckpt_root: Path, step: int, *, strategy, model, optimizer, s
             state = strategy.save_model_state(tmp, model, optimizer, weights)
         except OSError as e:
             error = e
+        except BaseException:
+            if world.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
     if not comm.all_true(error is None):
         if world.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
