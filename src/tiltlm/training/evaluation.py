@@ -14,10 +14,11 @@ from ..model import lora
 from ..rundir import PAIR_SCORES
 from ..types import LossOutput, PairLogps, as_text
 from .reporting import Reporter
+from .setup import Setup
 from .step import forward_pairs
 
 
-def _batches(s, pairs: list, batch_size: int) -> list:
+def _batches(s: Setup, pairs: list, batch_size: int) -> list:
     return [b for start in range(0, len(pairs), batch_size)
             for b in micro_batches(pairs[start:start + batch_size], batch_size=batch_size,
                                    prefix_sharing=s.cfg.prefix_sharing, packing=False,
@@ -26,7 +27,7 @@ def _batches(s, pairs: list, batch_size: int) -> list:
 
 
 @torch.no_grad()
-def evaluate(s, hp: LossHParams) -> dict:
+def evaluate(s: Setup, hp: LossHParams) -> dict:
     """`eval/...` metrics over the eval pairs; each process evaluates its share, the sums are combined."""
     window = MetricWindow()
     own = s.strategy.shard(s.eval_pairs)
@@ -39,7 +40,7 @@ def evaluate(s, hp: LossHParams) -> dict:
 
 
 @torch.no_grad()
-def pair_scores(s, hp: LossHParams, limit: int = 64) -> list[dict]:
+def pair_scores(s: Setup, hp: LossHParams, limit: int = 64) -> list[dict]:
     """Per-pair numbers under the final policy (eval pairs, else the first `limit` training pairs) for reports.
     (Under FSDP every process scores the same pairs: the forwards are collectives.)"""
     pairs = s.eval_pairs or s.train_pairs[:limit]
@@ -68,7 +69,7 @@ def score_row(index: int, example, policy: PairLogps, ref: Optional[PairLogps], 
     }
 
 
-def finish_run(s, report: Reporter, hp: LossHParams, log: Callable) -> None:
+def finish_run(s: Setup, report: Reporter, hp: LossHParams, log: Callable) -> None:
     """Write pair_scores.jsonl, run the doctor's end-of-run checks, save the final model and tokenizer."""
     scores = pair_scores(s, hp)
     state_dict = s.strategy.full_state_dict(s.model)  # gathered to rank 0 under FSDP (a collective)

@@ -43,10 +43,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                          reference=moving_ref)
     if cfg.resume:
         state = resume(s, cfg.resume, checkpoint_kw, log) or state
-    report = Reporter(run, log=log, tensorboard=cfg.report_to == "tensorboard", progress=cfg.progress,
-                      total_steps=steps, done_steps=state.step, doctor=dict(
-                          beta=cfg.beta, learning_rate=cfg.learning_rate, loss_types=cfg.loss_type) if cfg.doctor
-                      else None)
+    report = Reporter.for_run(run, cfg, log, total_steps=steps, done_steps=state.step)
     window, nonfinite, last, last_eval = MetricWindow(), NonfiniteGuard(cfg.max_nonfinite_steps), {}, {}
     hp = loss_hparams(cfg, bco_delta=state.rewards.value)
     s.model.train()

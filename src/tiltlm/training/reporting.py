@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 from tqdm.auto import tqdm
 
+from ..config import TrainConfig
 from ..doctor.checks import Doctor, Finding
 from ..rundir import DATA_STATS, DOCTOR, METRICS, TENSORBOARD, RunDir, is_eval_record
 
@@ -34,6 +35,12 @@ class Reporter:
         self.bar = _NoBar()
         if progress and run.writable:
             self.bar = tqdm(total=total_steps, initial=done_steps, desc="dpo", unit="step", dynamic_ncols=True)
+
+    @classmethod
+    def for_run(cls, run: RunDir, cfg: TrainConfig, log: Callable, *, total_steps: int, done_steps: int) -> "Reporter":
+        doctor = dict(beta=cfg.beta, learning_rate=cfg.learning_rate, loss_types=cfg.loss_type) if cfg.doctor else None
+        return cls(run, log=log, doctor=doctor, tensorboard=cfg.report_to == "tensorboard", progress=cfg.progress,
+                   total_steps=total_steps, done_steps=done_steps)
 
     def _start_doctor(self, options: dict) -> Doctor:
         """A doctor that has checked the data statistics and, on resume, replayed the records already on disk

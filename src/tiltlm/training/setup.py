@@ -26,6 +26,7 @@ from ..model import lora
 from ..model.loading import fingerprint, load_model, load_tokenizer
 from ..model.reference import LiveReference, cached_reference
 from ..parallel import comm
+from ..parallel.strategy import Replicated
 from ..rundir import DATA_STATS, REFERENCE, SKIPPED, SKIPPED_EVAL, RunDir
 from ..types import PairLogps
 
@@ -36,7 +37,7 @@ Reference = Callable[[ModelBatch], PairLogps]
 class Setup:
     cfg: TrainConfig
     run: RunDir
-    strategy: object  # parallel.strategy.Replicated | Sharded
+    strategy: Replicated  # or its subclass Sharded: how the processes hold the model
     device: torch.device
     tokenizer: object
     model: torch.nn.Module  # the policy as optimizers and state dicts see it (peft-wrapped under LoRA)
@@ -48,7 +49,7 @@ class Setup:
     eval_reference: Optional[Reference]
 
 
-def setup(cfg: TrainConfig, strategy, log: Callable = print) -> Setup:
+def setup(cfg: TrainConfig, strategy: Replicated, log: Callable = print) -> Setup:
     if not cfg.model or not cfg.data or not cfg.output_dir:
         raise ConfigError("--model, --data and --output-dir are required")
     run = open_run_dir(cfg)
@@ -140,7 +141,7 @@ def enable_gradient_checkpointing(model: torch.nn.Module, enabled: bool, log: Ca
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def build_reference(cfg: TrainConfig, strategy, policy_model, token_fn, train_pairs, eval_pairs, tokenizer,
+def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, token_fn, train_pairs, eval_pairs, tokenizer,
                     device, run: RunDir, log: Callable) -> tuple[Reference, Optional[Reference]]:
     """(training reference, eval reference): cached log-probs, or a live model -- the policy with its adapter
     off under LoRA, else a frozen copy of --ref-model / --model, held (and sharded) like the policy."""

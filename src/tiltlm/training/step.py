@@ -11,10 +11,11 @@ from ..core.logps import sequence_logps
 from ..core.losses import LossHParams, compute_loss
 from ..core.metrics import MetricWindow
 from ..types import LossOutput, PairLogps
+from .setup import Setup
 from .state import RewardMean
 
 
-def forward_pairs(s, batch, hp: LossHParams, reference=None
+def forward_pairs(s: Setup, batch, hp: LossHParams, reference=None
                   ) -> tuple[PairLogps, Optional[PairLogps], LossOutput]:
     """Policy log-probs, reference log-probs and the loss of one micro-batch (training reference by default)."""
     reference = reference or s.reference
@@ -23,7 +24,7 @@ def forward_pairs(s, batch, hp: LossHParams, reference=None
     return policy, ref, compute_loss(s.cfg.loss_type, s.cfg.loss_weights, policy, ref, hp)
 
 
-def backward_step(s, pairs: list, hp: LossHParams) -> tuple[MetricWindow, RewardMean, bool]:
+def backward_step(s: Setup, pairs: list, hp: LossHParams) -> tuple[MetricWindow, RewardMean, bool]:
     """Forward and backward this process's share of one step's pairs, micro-batch by micro-batch.
 
     Each micro-batch backpropagates sum(its losses) / (pairs in the whole step), so the accumulated gradient is the
