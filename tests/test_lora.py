@@ -18,7 +18,7 @@ from tiltlm.model import lora
 from tiltlm.model.loading import load_tokenizer
 from tiltlm.model.reference import CachedReference, LiveReference
 from tiltlm.parallel import strategy
-from tiltlm.training.setup import setup
+from tiltlm.training.setup import open_run_dir, setup
 
 from tiny_models import random_pairs, tiny_model
 
@@ -75,7 +75,8 @@ def test_adapter_off_reference_equals_base_model_and_chunked_path_applies_lora()
 def test_lora_training_memory_gradients_and_saving(assets, tmp_path):
     out = tmp_path / "run"
     cfg = load_config(None, opts(assets, out, precompute_ref_log_probs=False))
-    s = setup(cfg, strategy.choose(cfg.dist), log=QUIET)
+    with open_run_dir(cfg) as folder:
+        s = setup(cfg, strategy.choose(cfg.dist), folder, log=QUIET)
     assert isinstance(s.reference, LiveReference) and s.reference.shares_policy  # adapter off: no second model
     assert s.reference.model is s.model
     trainable = [n for n, p in s.model.named_parameters() if p.requires_grad]

@@ -10,20 +10,25 @@ Training writes it (rank 0 only: other processes get a read-only view); `tilt do
     pair_scores.jsonl   per-pair log-probs, rewards and margins under the final policy
     reference.json      which reference cache file the run used
     skipped.jsonl, skipped_eval.jsonl   rows left out by --skip-invalid, with the reason
+    finished.json       written last, after the final model: the step and the options of the finished run
     checkpoints/        resumable checkpoints (training/checkpoint.py)
     tensorboard/        --report-to tensorboard
+    .lock               held (flock) by the live run that writes the folder; the kernel releases it when the
+                        process ends, however it ends, so a crashed run never leaves the folder locked
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, writing
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -33,6 +38,8 @@ PAIR_SCORES = "pair_scores.jsonl"
 REFERENCE = "reference.json"
 SKIPPED = "skipped.jsonl"
 SKIPPED_EVAL = "skipped_eval.jsonl"
+FINISHED = "finished.json"
+LOCK = ".lock"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 
@@ -52,6 +59,12 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def _comparable(options: dict) -> dict:
+    """The options that define a run (not how it was started: a scheduler relaunch adds --resume auto)."""
+    skip = {"resume", "overwrite_output_dir", "progress"}
+    return json.loads(json.dumps({k: v for k, v in options.items() if k not in skip}, default=str))
+
+
 def is_eval_record(record: dict) -> bool:
     return any(str(k).startswith("eval/") for k in record)
 
@@ -62,6 +75,7 @@ class RunDir:
     def __init__(self, path: str | Path, *, writable: bool = True):
         self.path = Path(path)
         self.writable = writable
+        self._lock_fd: Optional[int] = None
 
     # ------------------------------------------------------------------------------------------ create
     @classmethod
@@ -74,13 +88,54 @@ class RunDir:
             if out == d or out in d.parents:
                 raise ConfigError(f"output_dir {output_dir} contains the input {given}; "
                                   "choose a separate output folder")
-        if out.exists() and any(out.iterdir()) and not resume and not overwrite:
+        out.mkdir(parents=True, exist_ok=True)
+        run = cls(out)
+        run.lock()  # before anything in it is judged or removed: another live run may be writing it
+        contents = [p for p in out.iterdir() if p.name != LOCK]
+        if contents and not resume and not overwrite:
+            run.unlock()
             raise ConfigError(f"output_dir {output_dir} is not empty: pass --overwrite-output-dir to replace "
                               "it, or --resume auto to continue the run in it")
-        if out.exists() and overwrite and not resume:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        return cls(out)
+        if overwrite and not resume:
+            for p in contents:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        return run
+
+    def lock(self) -> None:
+        """Hold the folder's lock for the life of this process; a live holder is a ConfigError naming its pid."""
+        fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(f"output_dir {self.path} is in use by another running tilt train (pid {holder}); "
+                              "wait for it to finish or choose another --output-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.unlock()
+
+    def finished_step(self, options: dict) -> Optional[int]:
+        """The step a finished run with these options ended at (same command relaunched), else None."""
+        done = self.read_json(FINISHED)
+        if done and done.get("options") == _comparable(options):
+            return int(done["step"])
+        return None
+
+    def mark_finished(self, step: int, options: dict) -> None:
+        """Written after the final model: a relaunch of the same command has nothing left to do."""
+        self.write_json(FINISHED, {"step": step, "options": _comparable(options)})
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -90,22 +145,32 @@ class RunDir:
         return self.path / CHECKPOINTS
 
     # ------------------------------------------------------------------------------------------ writers
+    # Every writer raises one OSError naming the file when the write fails (a full disk included: errors.writing).
     def write_config(self, config: dict) -> None:
-        if self.writable:
-            self.file(CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+        self._write(CONFIG, yaml.safe_dump(config, sort_keys=False))
 
     def write_json(self, name: str, obj: Any) -> None:
-        if self.writable:
-            self.file(name).write_text(json.dumps(obj, indent=1, default=float))
+        self._write(name, json.dumps(obj, indent=1, default=float))
 
     def append(self, name: str, record: dict) -> None:
         if self.writable:
-            with open(self.file(name), "a") as f:
+            with writing(str(self.file(name))), open(self.file(name), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     def write_records(self, name: str, records: Iterable[dict]) -> None:
-        if self.writable:
-            self.file(name).write_text("".join(json.dumps(r) + "\n" for r in records))
+        self._write(name, "".join(json.dumps(r) + "\n" for r in records))
+
+    def _write(self, name: str, text: str) -> None:
+        """Replace the file whole: written beside it, then renamed, so a failed write leaves the old one."""
+        if not self.writable:
+            return
+        tmp = self.file(f".{name}.tmp")
+        try:
+            with writing(str(self.file(name))):
+                tmp.write_text(text)
+                os.replace(tmp, self.file(name))
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def truncate_records(self, after_step: int) -> None:
         """On resume, drop records a killed run wrote after its last checkpoint (they will be written again)."""
@@ -135,4 +200,4 @@ class RunDir:
 
 
 __all__ = ["RunDir", "read_jsonl", "is_eval_record", "CONFIG", "METRICS", "DATA_STATS", "DOCTOR", "PAIR_SCORES",
-           "REFERENCE", "SKIPPED", "SKIPPED_EVAL", "CHECKPOINTS", "TENSORBOARD"]
+           "REFERENCE", "SKIPPED", "SKIPPED_EVAL", "FINISHED", "LOCK", "CHECKPOINTS", "TENSORBOARD"]

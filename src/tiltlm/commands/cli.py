@@ -94,7 +94,7 @@ def run_train(args: argparse.Namespace) -> int:
     if (args.nproc or 1) > 1 and "WORLD_SIZE" not in os.environ:  # --nproc N: re-run under torchrun
         return launch(strip_nproc(getattr(args, "argv", None) or sys.argv[1:]), args.nproc)
     metrics = train(cfg)
-    if not comm.world().is_main:
+    if not comm.world().is_main or metrics.get("already_finished"):
         return 0
     keys = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
             "kl_proxy", "eval/loss", "eval/rewards/accuracies", "eval/rewards/margins")
@@ -150,7 +150,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, TrainingError, FileNotFoundError) as e:
+    except (ConfigError, DataError, TrainingError, OSError) as e:  # OSError: a file that cannot be read or written
         if os.environ.get("TILTLM_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)

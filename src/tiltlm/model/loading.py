@@ -8,7 +8,9 @@ from typing import Optional
 
 import torch
 
-from ..errors import ConfigError
+from safetensors import SafetensorError
+
+from ..errors import ConfigError, first_line
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -33,8 +35,14 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     folder, gguf = split_model_path(path)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf, trust_remote_code=trust_remote_code)
-    if tok.pad_token_id is None:  # padding is always masked out; any id works, EOS is the convention
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ConfigError(f"cannot load a tokenizer from {path}: {first_line(e)}") from None
+    if tok.pad_token_id is None:  # padding is always masked out; any id works, EOS is the convention (as TRL)
+        if tok.eos_token is None:
+            raise ConfigError(f"the tokenizer of {path} has neither a pad token nor an EOS token: set pad_token in "
+                              "its tokenizer_config.json")
         tok.pad_token = tok.eos_token
     return tok
 
@@ -46,11 +54,14 @@ def load_model(path: str, *, dtype: str = "float32", device: str | torch.device 
     folder, gguf = split_model_path(path)
     kwargs = dict(gguf_file=gguf, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attn_implementation, **kwargs)
-    except ValueError as e:  # architectures without SDPA support
-        if "scaled_dot_product_attention" not in str(e):
-            raise
-        model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attn_implementation, **kwargs)
+        except ValueError as e:  # architectures without SDPA support
+            if "scaled_dot_product_attention" not in str(e):
+                raise
+            model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:  # missing / truncated weights ...
+        raise ConfigError(f"cannot load the model from {path}: {first_line(e)}") from None
     if gguf is not None:
         # transformers dequantises GGUF weights to `dtype` on load but keeps a gguf "quantizer" marker that makes
         # save_pretrained refuse; the weights are plain tensors now, so the trained model is saved as safetensors.

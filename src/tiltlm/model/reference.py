@@ -21,6 +21,7 @@ import torch
 
 from ..core.batching import ModelBatch
 from ..core.logps import sequence_logps
+from ..errors import writing
 from ..parallel import comm
 from ..types import PairLogps, TokenizedPair
 
@@ -36,6 +37,10 @@ def pairs_digest(pairs: Sequence[TokenizedPair]) -> str:
 
 def cache_key(model_fingerprint: str, dtype: str, pairs: Sequence[TokenizedPair]) -> str:
     return hashlib.sha256(f"{model_fingerprint}|{dtype}|{pairs_digest(pairs)}".encode()).hexdigest()[:24]
+
+
+def _rows_digest(rows: Sequence[dict]) -> str:
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
 class CachedReference:
@@ -64,24 +69,29 @@ class CachedReference:
                 for k, i in enumerate(idx)]
 
     def save(self, path: str | Path, metadata: Optional[dict] = None) -> Path:
-        """Write as Parquet (.parquet) or JSON lines (anything else), atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        rows = self.to_rows()
-        if path.suffix == ".parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+        """Write as Parquet (.parquet, with the rows' sha256 in its metadata) or JSON lines (anything else).
 
-            table = pa.Table.from_pylist(rows)
-            if metadata:
-                table = table.replace_schema_metadata({b"tiltlm": json.dumps(metadata).encode()})
-            pq.write_table(table, tmp)
-        else:
-            with open(tmp, "w") as f:
-                for r in rows:
-                    f.write(json.dumps(r) + "\n")
-        os.replace(tmp, path)
+        Atomic and safe under concurrency: written to a file of this process's own, then renamed, so a reader
+        (another run sharing the cache folder) sees the old file or the whole new one, never half of one.
+        A failed write (a full disk included) raises one OSError and leaves no file behind."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        rows = self.to_rows()
+        try:
+            with writing(str(path)):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if path.suffix == ".parquet":
+                    import pyarrow as pa
+                    import pyarrow.parquet as pq
+
+                    meta = {**(metadata or {}), "sha256": _rows_digest(rows)}
+                    table = pa.Table.from_pylist(rows).replace_schema_metadata({b"tiltlm": json.dumps(meta).encode()})
+                    pq.write_table(table, tmp)
+                else:
+                    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -96,7 +106,12 @@ class CachedReference:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            return cls.from_rows(pq.read_table(path).to_pylist())
+            table = pq.read_table(path)
+            rows = table.to_pylist()
+            meta = json.loads((table.schema.metadata or {}).get(b"tiltlm", b"{}"))
+            if "sha256" in meta and meta["sha256"] != _rows_digest(rows):
+                raise ValueError("its checksum does not match its contents (the file is corrupt)")
+            return cls.from_rows(rows)
         return cls.from_rows([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
 
 
@@ -165,6 +180,9 @@ def cached_reference(score: Callable[[Sequence[TokenizedPair]], PairLogps], mode
     ref = CachedReference.from_rows(sorted((r for part in comm.gather_objects(rows) for r in part),
                                            key=lambda r: order[r["index"]]))
     if world.is_main:
-        ref.save(path, metadata={"model_fingerprint": model_fingerprint, "dtype": dtype, "pairs": len(pairs)})
+        try:
+            ref.save(path, metadata={"model_fingerprint": model_fingerprint, "dtype": dtype, "pairs": len(pairs)})
+        except OSError as e:  # the log-probs are in memory: train with them, only the reuse by later runs is lost
+            log(f"warning: {e}; training goes on without caching the reference log-probs")
     comm.barrier()
     return ref, path, False

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
-from ..errors import ConfigError
+from ..errors import ConfigError, writing
 from ..parallel import comm
 
 MANIFEST = "manifest.json"
@@ -84,7 +84,8 @@ def save_checkpoint(ckpt_root: Path, step: int, *, strategy, model, optimizer, s
     state: dict = {}
     if comm.all_true(error is None):
         try:
-            state = strategy.save_model_state(tmp, model, optimizer, weights)
+            with writing(f"checkpoint-{step}"):
+                state = strategy.save_model_state(tmp, model, optimizer, weights)
         except OSError as e:
             error = e
         except BaseException:
@@ -99,11 +100,12 @@ def save_checkpoint(ckpt_root: Path, step: int, *, strategy, model, optimizer, s
     path = None
     if world.is_main:
         try:
-            if reference is not None:
-                save_model(reference, str(tmp / "reference.safetensors"))
-            torch.save({**state, "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "state.pt")
-            (tmp / "loop_state.json").write_text(json.dumps(loop_state, indent=1))
-            path = seal(tmp, final, ckpt_root, step, total_limit)
+            with writing(f"checkpoint-{step}"):
+                if reference is not None:
+                    save_model(reference, str(tmp / "reference.safetensors"))
+                torch.save({**state, "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "state.pt")
+                (tmp / "loop_state.json").write_text(json.dumps(loop_state, indent=1))
+                path = seal(tmp, final, ckpt_root, step, total_limit)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
             error = e if isinstance(e, OSError) else None

@@ -3,6 +3,8 @@ last checks."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Callable, Optional
 
 import torch
@@ -10,9 +12,11 @@ import torch
 from ..core.batching import micro_batches
 from ..core.losses import LossHParams
 from ..core.metrics import MetricWindow
+from ..errors import TrainingError, writing
 from ..model import lora
 from ..rundir import PAIR_SCORES
 from ..types import LossOutput, PairLogps, as_text
+from . import checkpoint as ckpt
 from .reporting import Reporter
 from .setup import Setup
 from .step import forward_pairs
@@ -69,8 +73,9 @@ def score_row(index: int, example, policy: PairLogps, ref: Optional[PairLogps], 
     }
 
 
-def finish_run(s: Setup, report: Reporter, hp: LossHParams, log: Callable) -> None:
-    """Write pair_scores.jsonl, run the doctor's end-of-run checks, save the final model and tokenizer."""
+def finish_run(s: Setup, report: Reporter, hp: LossHParams, log: Callable, *, step: int, options: dict) -> None:
+    """Write pair_scores.jsonl, run the doctor's end-of-run checks, save the final model and tokenizer, and mark
+    the run finished (last, so a run killed before it is completed by `--resume auto`)."""
     scores = pair_scores(s, hp)
     state_dict = s.strategy.full_state_dict(s.model)  # gathered to rank 0 under FSDP (a collective)
     run = s.run
@@ -78,9 +83,31 @@ def finish_run(s: Setup, report: Reporter, hp: LossHParams, log: Callable) -> No
         return
     run.write_records(PAIR_SCORES, scores)
     report.finish()
-    if lora.is_peft(s.model):  # the adapter (+ OUTPUT_DIR/merged with --merge-lora)
-        lora.save(s.model, run.path, s.tokenizer, s.cfg.merge_lora, log)
-    else:
-        s.model.save_pretrained(run.path, safe_serialization=True, state_dict=state_dict)
-    s.tokenizer.save_pretrained(run.path)
+    save_final_model(s, state_dict, log)
+    run.mark_finished(step, options)
+
+
+def save_final_model(s: Setup, state_dict: Optional[dict], log: Callable) -> None:
+    """The model (or LoRA adapter, + merged/ with --merge-lora) and tokenizer, written into a staging folder and
+    then moved into the run folder: a failed write (a full disk) leaves no half-written model behind."""
+    run, staging = s.run, s.run.file(".tmp-final")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with writing("the final model"):
+            if lora.is_peft(s.model):
+                lora.save(s.model, staging, s.tokenizer, s.cfg.merge_lora, log)
+            else:
+                s.model.save_pretrained(staging, safe_serialization=True, state_dict=state_dict)
+            s.tokenizer.save_pretrained(staging)
+            for item in staging.iterdir():
+                if (run.path / item.name).is_dir():
+                    shutil.rmtree(run.path / item.name)
+                os.replace(item, run.path / item.name)
+    except OSError as e:
+        kept = ckpt.list_checkpoints(run.checkpoints)
+        hint = (f"the trained weights are in {kept[-1]}: free some space and run the same command with --resume auto"
+                " to write the final model" if kept else "no checkpoint was written (--save-steps keeps some)")
+        raise TrainingError(f"{e}; {hint}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     log(f"saved model and tokenizer to {run.path}")

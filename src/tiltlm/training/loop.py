@@ -4,6 +4,7 @@ runs (parallel/strategy.py) or how the reference is computed (setup.py)."""
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 import warnings
@@ -21,19 +22,30 @@ from . import tr_dpo
 from .evaluation import evaluate, finish_run
 from .optim import build_optimizer, total_steps
 from .reporting import Reporter
-from .setup import Setup, setup
+from .setup import Setup, open_run_dir, setup
 from .state import LoopState, NonfiniteGuard, StopSignals
 from .step import backward_step
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
+    """Train with `cfg`; returns the final metrics (and writes everything into cfg.output_dir)."""
     t_setup = time.perf_counter()
     cfg.validate()  # a TrainConfig built in Python gets the same checks as one from flags or YAML
+    requested = cfg.to_dict()  # setup may turn fast paths off; a relaunch is compared with what was asked
     strategy = strategies.choose(cfg.dist, cfg.device)  # world size 1 = one process: the same code path
     log = comm.rank_zero(log)
-    s = setup(cfg, strategy, log=log)
-    log(f"setup took {time.perf_counter() - t_setup:.1f}s")
-    cfg, run = s.cfg, s.run
+    with open_run_dir(cfg) as run:  # holds the folder's lock until the run returns or fails
+        done = run.finished_step(requested) if cfg.resume else None
+        if done is not None:  # a scheduler relaunching a finished run: nothing to redo, nothing to rewrite
+            log(f"{cfg.output_dir}: already finished at step {done}; nothing to do")
+            return {"step": done, "already_finished": True}
+        s = setup(cfg, strategy, run, log=log)
+        log(f"setup took {time.perf_counter() - t_setup:.1f}s")
+        return _train(s, requested, log)
+
+
+def _train(s: Setup, requested: dict, log) -> dict:
+    cfg, run, strategy = s.cfg, s.run, s.strategy
     pairs_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * strategy.world.size
     steps = total_steps(cfg, len(s.train_pairs), pairs_per_step)
     params, optimizer, scheduler = build_optimizer(s.model, cfg, steps)
@@ -92,7 +104,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         return {**last, "interrupted": True}
     if s.eval_pairs and last_eval.get("step") != state.step:  # not already evaluated at this very step
         last_eval = report.eval_record({"step": state.step, **evaluate(s, hp)})
-    finish_run(s, report, hp, log)
+    finish_run(s, report, hp, log, step=state.step, options=requested)
     return {**last, **last_eval}
 
 
@@ -121,6 +133,9 @@ def save(s: Setup, state: LoopState, checkpoint_kw: dict, log) -> None:
                                     **checkpoint_kw)
         log(f"checkpoint: {path}")
     except OSError as e:
+        # the failed writer's open file handles sit in reference cycles of its traceback: collect them now, or a
+        # full disk stays full (tmpfs frees a deleted file's space only when its last handle closes)
+        gc.collect()
         good = ckpt.list_checkpoints(s.run.checkpoints)
         log(f"error: writing the checkpoint at step {state.step} failed ({e}); "
             f"last good checkpoint: {good[-1] if good else 'none'}")

@@ -49,16 +49,14 @@ class Setup:
     eval_reference: Optional[Reference]
 
 
-def setup(cfg: TrainConfig, strategy: Replicated, log: Callable = print) -> Setup:
-    if not cfg.model or not cfg.data or not cfg.output_dir:
-        raise ConfigError("--model, --data and --output-dir are required")
-    run = open_run_dir(cfg)
+def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = print) -> Setup:
     device = comm.device(cfg.device)  # cuda:LOCAL_RANK under torchrun on GPUs
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     train_pairs, eval_pairs, examples = load_pairs(cfg, tokenizer, run, log)
 
     model = load_model(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
+    check_model_fits_pairs(model, [*train_pairs, *eval_pairs], cfg, log)
     problem = check_fast_path(model, train_pairs, pad_token_id=tokenizer.pad_token_id)
     if problem and (cfg.prefix_sharing or cfg.chunked_logps or cfg.packing):
         log(f"warning: {problem}")
@@ -82,7 +80,10 @@ def setup(cfg: TrainConfig, strategy: Replicated, log: Callable = print) -> Setu
 
 
 def open_run_dir(cfg: TrainConfig) -> RunDir:
-    """Rank 0 validates and creates the folder while the others wait; they get a read-only view of it."""
+    """Rank 0 validates, locks and creates the folder while the others wait; they get a read-only view of it.
+    Use it as a context manager: the lock is held until the run returns or fails."""
+    if not cfg.model or not cfg.data or not cfg.output_dir:
+        raise ConfigError("--model, --data and --output-dir are required")
     world = comm.world()
     if world.is_main:
         try:
@@ -127,6 +128,24 @@ def load_pairs(cfg: TrainConfig, tokenizer, run: RunDir, log: Callable) -> tuple
         f"{stats.get('truncated', 0)} truncated to max_length={cfg.max_length}")
     by_index = {e.index: e for e in [*examples, *eval_examples]}
     return pairs, eval_pairs, by_index
+
+
+def check_model_fits_pairs(model: torch.nn.Module, pairs: list, cfg: TrainConfig, log: Callable) -> None:
+    """The tokenizer's ids must exist in the model's embedding, and every sequence must fit its positions: both
+    are user mistakes (a tokenizer from another model, a too long --max-length) that would otherwise surface as an
+    index error deep inside the forward pass."""
+    rows = model.get_input_embeddings().num_embeddings
+    top = max((max(p.prompt_ids + p.chosen_ids + p.rejected_ids) for p in pairs), default=-1)
+    if top >= rows:
+        raise ConfigError(f"the tokenizer of {cfg.model} produces token id {top}, but the model's embedding has "
+                          f"{rows} rows: the tokenizer does not belong to this model")
+    context = getattr(model.config, "max_position_embeddings", None)
+    longest = max((max(p.chosen_len, p.rejected_len) for p in pairs), default=0)
+    if isinstance(context, int) and longest > context:
+        raise ConfigError(f"a pair is {longest} tokens long, but the model has {context} positions "
+                          f"(max_position_embeddings): use --max-length {context} or less")
+    if isinstance(context, int) and cfg.max_length > context:
+        log(f"note: --max-length {cfg.max_length} is longer than the model's {context} positions; every pair fits")
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module, enabled: bool, log: Callable) -> None:
