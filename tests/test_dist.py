@@ -9,8 +9,10 @@ resumes on 2 ranks to the same weights as the uninterrupted 2-rank run.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -219,3 +221,69 @@ def test_fsdp_refuses_lora_with_a_clear_message(assets, tmp_path):
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
     assert p.returncode == 2, p.stderr[-2000:]  # refused before any process is started
     assert "--dist fsdp with LoRA" in p.stderr and "Traceback" not in p.stdout + p.stderr
+
+
+# ------------------------------------------------------------------------------------------------ changing world size
+def _crash_after_step_2(run, to):
+    """A copy of a finished 4-step run as a crash after step 2 leaves it: checkpoint-2 and the records."""
+    shutil.copytree(run, to)
+    shutil.rmtree(to / "checkpoints" / "checkpoint-4")
+    for f in ("config.yaml", "model.safetensors", "finished.json"):
+        (to / f).unlink()
+    return to
+
+
+@pytest.mark.parametrize("written_by", ["ddp", "fsdp"])
+def test_a_two_rank_checkpoint_resumes_in_one_process(assets, single, double, double_fsdp, tmp_path, written_by):
+    """Whole-model (DDP) and sharded (FSDP, re-assembled by torch.distributed.checkpoint) checkpoints of 2 ranks x
+    batch 2 resume in one process x batch 4: the same global steps, so the weights of the 1-process run."""
+    full = (double if written_by == "ddp" else double_fsdp)[0]
+    part = _crash_after_step_2(full, tmp_path / "part")
+    train(load_config(None, opts(assets, part, per_device_train_batch_size=4, save_steps=2, resume="auto",
+                                 ref_cache_dir=str(full) + "-cache")), log=QUIET)
+    wa, wb = weights(single), weights(part)
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], atol=1e-6, rtol=0), name
+
+
+def test_a_one_process_checkpoint_resumes_on_two_ranks(assets, single, tmp_path):
+    one = tmp_path / "one"
+    train(load_config(None, opts(assets, one, per_device_train_batch_size=4, save_steps=2)), log=QUIET)
+    part = _crash_after_step_2(one, tmp_path / "part")
+    torchrun(assets, part, per_device_train_batch_size=2, save_steps=2, resume="auto", ref_cache_dir=str(one) + "-cache")
+    wa, wb = weights(single), weights(part)
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], atol=1e-6, rtol=0), name
+
+
+# ------------------------------------------------------------------------------------------------ a rank dies
+@pytest.mark.slow
+def test_a_killed_rank_stops_the_other_with_one_line_and_resume_is_bitwise(assets, tmp_path):
+    """SIGKILL one of 2 DDP ranks mid-run: the surviving rank's collective fails at once (no hang), it says so in
+    one line, and `--resume auto` on 2 ranks ends with the weights of the uninterrupted 2-rank run."""
+    def command(out, *extra):
+        return [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "tiltlm.cli", "train", "--model",
+                str(assets / "model"), "--data", str(assets / "train.jsonl"), "--output-dir", str(out),
+                "--max-steps", "24", "--save-steps", "4", "--per-device-train-batch-size", "2", "--learning-rate",
+                "1e-3", "--progress", "false", "--ref-cache-dir", str(tmp_path / "cache"), "--doctor", "false",
+                "--ddp-timeout", "60", *extra]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert subprocess.run(command(tmp_path / "full"), env=env, capture_output=True, timeout=600).returncode == 0
+    out = tmp_path / "run"
+    launcher = subprocess.Popen(command(out), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while not (out / "checkpoints" / "checkpoint-4").exists():
+        assert launcher.poll() is None and time.time() - t0 < 300, "the run ended before checkpoint-4"
+        time.sleep(0.02)
+    workers = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(max(workers, key=int)), signal.SIGKILL)  # the later-started worker (rank 1)
+    text, _ = launcher.communicate(timeout=180)  # no hang: gloo reports the closed connection at once
+    assert launcher.returncode != 0
+    assert "error: rank 0: another process of this run died or stopped answering" in text
+    assert "[rank0]: Traceback" not in text
+    done = subprocess.run(command(out, "--resume", "auto"), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    want, got = weights(tmp_path / "full"), weights(out)
+    assert all(torch.equal(want[k], got[k]) for k in want)

@@ -236,3 +236,33 @@ def test_a_yaml_option_of_the_wrong_type_is_one_line(tiny_assets, tmp_path):
     cfg.write_text(f"model: {tiny_assets / 'model'}\ndata: {tiny_assets / 'train12.jsonl'}\n"
                    f"output_dir: {tmp_path / 'o'}\nbeta: [0.1, 0.2]\n")
     assert "beta" in one_clear_line(tilt("train", "--config", cfg))
+
+
+@pytest.mark.parametrize("remove", [("pad_token",), ("pad_token", "eos_token")])
+def test_a_tokenizer_without_a_pad_token(tiny_assets, tmp_path, remove):
+    """No pad token: EOS pads (padding is masked out, as TRL does) and training runs; neither pad nor EOS: one line."""
+    model = _model_copy(tiny_assets, tmp_path)
+    tok_cfg = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in tok_cfg.items() if k not in remove}))
+    p = tilt("train", "--model", model, "--data", tiny_assets / "train12.jsonl", "--output-dir", tmp_path / "o",
+             "--max-steps", "1", "--ref-cache-dir", tmp_path / "cache", *QUICK)
+    if remove == ("pad_token",):
+        assert p.returncode == 0, p.stderr[-3000:]
+    else:
+        assert "neither a pad token nor an EOS token" in one_clear_line(p)
+
+
+def test_a_report_on_a_full_disk_is_one_line(tiny_assets, tmp_path, small_disk):
+    run = tmp_path / "run"
+    assert tilt(*train_args(tiny_assets, run, tmp_path / "cache", "--max-steps", "2")).returncode == 0
+    disk = small_disk(1)
+    for name in ("metrics.jsonl", "config.yaml", "data_stats.json", "pair_scores.jsonl"):
+        shutil.copy(run / name, disk / name)
+    with open(disk / "filler", "wb", buffering=0) as f:  # the disk is full before the report starts
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    line = one_clear_line(tilt("report", disk))
+    assert "No space left on device" in line or "cannot write" in line

@@ -97,6 +97,32 @@ def test_sigkill_then_resume_is_bitwise_identical(crash_assets, tmp_path, kill_a
     assert steps == list(range(1, 7))
 
 
+@pytest.mark.parametrize("moment", ["checkpoint write", "reference pass"])
+def test_sigkill_in_the_middle_of_a_write_then_resume_is_bitwise_identical(crash_assets, tmp_path, moment):
+    """Killed while a checkpoint's temporary folder is being written, or while the reference log-probs are being
+    computed (before any cache file exists): `--resume auto` ends with the uninterrupted run's weights."""
+    root, want = crash_assets
+    out = tmp_path / "run"
+    fresh_cache = ["--ref-cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.Popen(_cmd(root, out, *fresh_cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    t0 = time.time()
+    if moment == "checkpoint write":
+        while not list((out / "checkpoints").glob(".tmp-checkpoint-*")):
+            assert proc.poll() is None and time.time() - t0 < 300, "the run ended before a checkpoint write was seen"
+    else:
+        while "reference log-probs: computing" not in proc.stdout.readline():
+            assert proc.poll() is None and time.time() - t0 < 300
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.safetensors").exists()
+    done = subprocess.run(_cmd(root, out, *fresh_cache, "--resume", "auto"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert not list((out / "checkpoints").glob(".tmp-*")) and not list((tmp_path / "cache").glob(".*.tmp"))
+
+
 def test_sigterm_saves_a_checkpoint_and_resumes(crash_assets, tmp_path):
     root, want = crash_assets
     out = tmp_path / "run"

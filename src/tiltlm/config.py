@@ -86,6 +86,7 @@ class TrainConfig:
 
     # --- distributed (launched with torchrun / `tilt train --nproc N`) and LoRA; see docs/distributed.md
     dist: str = "ddp"  # ddp | fsdp: how the ranks hold the model when WORLD_SIZE > 1
+    ddp_timeout: int = 1800  # seconds a collective may wait for another rank before the run stops (TRL's name)
     lora_r: int = 0  # > 0: train a LoRA adapter of this rank (peft); the reference is the adapter-off model
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -138,6 +139,8 @@ class TrainConfig:
         if self.lora_adapter and not (Path(self.lora_adapter).expanduser() / "adapter_config.json").is_file():
             raise ConfigError(f"--lora-adapter {self.lora_adapter}: no adapter_config.json there (a peft adapter "
                               "folder)")
+        if self.ddp_timeout < 1:
+            raise ConfigError(f"ddp_timeout must be >= 1 second, got {self.ddp_timeout}")
         if self.dist not in ("ddp", "fsdp"):
             raise ConfigError(f"dist must be ddp or fsdp, got {self.dist!r}")
         if self.dist == "fsdp" and (self.uses_lora or self.sync_ref_model):

@@ -17,7 +17,7 @@ from .. import demo
 from ..config import ALIASES, TrainConfig, load_config
 from ..core.logps import score_pairs
 from ..data import prepare_dataset
-from ..errors import ConfigError, DataError, TrainingError
+from ..errors import ConfigError, DataError, TrainingError, first_line
 from ..model.loading import fingerprint, load_model, load_tokenizer
 from ..model.reference import CachedReference
 from ..parallel import comm
@@ -93,7 +93,14 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if (args.nproc or 1) > 1 and "WORLD_SIZE" not in os.environ:  # --nproc N: re-run under torchrun
         return launch(strip_nproc(getattr(args, "argv", None) or sys.argv[1:]), args.nproc)
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except RuntimeError as e:
+        if not comm.is_collective_failure(e):
+            raise
+        raise TrainingError(f"rank {comm.world().rank}: another process of this run died or stopped answering "
+                            f"({first_line(e)}); the run stops here: relaunch the same command with --resume auto"
+                            ) from None
     if not comm.world().is_main or metrics.get("already_finished"):
         return 0
     keys = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",

@@ -14,6 +14,7 @@ returning its input when the world size is 1 (a plain `tilt train`), so callers 
 from __future__ import annotations
 
 import atexit
+import datetime
 import math
 import os
 from dataclasses import dataclass
@@ -57,8 +58,9 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def init(device: str = "auto") -> World:
-    """Join the process group torchrun set up (WORLD_SIZE > 1): gloo on CPU, NCCL on CUDA. Idempotent."""
+def init(device: str = "auto", timeout_s: int = 1800) -> World:
+    """Join the process group torchrun set up (WORLD_SIZE > 1): gloo on CPU, NCCL on CUDA. Idempotent.
+    A collective that waits `timeout_s` for a rank that died or hangs fails instead of waiting forever."""
     global _WORLD
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
@@ -71,7 +73,7 @@ def init(device: str = "auto") -> World:
     if not tdist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        tdist.init_process_group("nccl" if use_cuda else "gloo")
+        tdist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
         atexit.register(lambda: tdist.is_initialized() and tdist.destroy_process_group())
     _WORLD = World(rank=rank, size=size, local_rank=local_rank)
     return _WORLD
@@ -83,6 +85,15 @@ def device(requested: str) -> torch.device:
     if _WORLD.enabled and dev.type == "cuda":
         return torch.device("cuda", _WORLD.local_rank)
     return dev
+
+
+def is_collective_failure(e: BaseException) -> bool:
+    """Whether `e` is a collective that failed because another rank died, hung or became unreachable."""
+    if not _WORLD.enabled or not isinstance(e, RuntimeError):
+        return False
+    dist_error = getattr(torch.distributed, "DistError", ())
+    text = str(e)
+    return isinstance(e, dist_error) or any(k in text for k in ("gloo", "NCCL", "Connection reset", "timed out"))
 
 
 def rank_zero(log: Callable) -> Callable:
@@ -229,6 +240,6 @@ def reduce(window: T) -> T:
     return out
 
 
-__all__ = ["World", "world", "resolve_device", "init", "device", "rank_zero", "barrier", "shard",
+__all__ = ["World", "world", "resolve_device", "init", "is_collective_failure", "device", "rank_zero", "barrier", "shard",
            "all_reduce_grads", "clip_grad_norm", "all_true", "max_int", "sum_scalars", "gather_objects",
            "broadcast_object", "reduce"]

@@ -93,9 +93,11 @@ class Replicated:
         return {"optimizer": optimizer.state_dict()}
 
     def load_model_state(self, folder: Path, model, optimizer, state: dict) -> None:
-        if not (folder / MODEL_FILE).is_file():
-            raise ConfigError(f"checkpoint {folder} holds sharded weights (written with --dist fsdp); "
-                              "resume it with --dist fsdp")
+        """Whole-model checkpoints load on any number of processes; sharded (FSDP) ones are re-assembled by
+        torch.distributed.checkpoint, so a run sharded over N ranks resumes here too."""
+        if (folder / SHARDED_DIR).is_dir():
+            fsdp.load_state(folder / SHARDED_DIR, model, optimizer)
+            return
         _, unexpected = load_model(model, str(folder / MODEL_FILE), strict=False)
         if unexpected:
             raise ConfigError(f"checkpoint {folder} has weights this model does not: {sorted(unexpected)[:5]}")
@@ -141,18 +143,18 @@ class Sharded(Replicated):
 
     def load_model_state(self, folder: Path, model, optimizer, state: dict) -> None:
         if not (folder / SHARDED_DIR).is_dir():
-            raise ConfigError(f"checkpoint {folder} holds whole-model weights (written without --dist fsdp); "
-                              "resume it with --dist ddp")
+            raise ConfigError(f"checkpoint {folder} holds whole-model weights (written without --dist fsdp): "
+                              "resume it with --dist ddp or in one process; it cannot be sharded on load yet")
         fsdp.load_state(folder / SHARDED_DIR, model, optimizer)
 
 
 STRATEGIES = {"ddp": Replicated, "fsdp": Sharded}
 
 
-def choose(dist: str, device: str = "auto") -> Replicated:
+def choose(dist: str, device: str = "auto", timeout_s: int = 1800) -> Replicated:
     """Join the process group (if launched by torchrun) and pick the strategy. One process is always
     `Replicated` with world size 1, whatever `dist` says (there is nothing to shard over)."""
-    world = comm.init(device)
+    world = comm.init(device, timeout_s)
     if dist not in STRATEGIES:
         raise ConfigError(f"dist must be one of {', '.join(STRATEGIES)}, got {dist!r}")
     return (STRATEGIES[dist] if world.enabled else Replicated)(world)

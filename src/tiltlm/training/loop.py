@@ -32,7 +32,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     t_setup = time.perf_counter()
     cfg.validate()  # a TrainConfig built in Python gets the same checks as one from flags or YAML
     requested = cfg.to_dict()  # setup may turn fast paths off; a relaunch is compared with what was asked
-    strategy = strategies.choose(cfg.dist, cfg.device)  # world size 1 = one process: the same code path
+    strategy = strategies.choose(cfg.dist, cfg.device, cfg.ddp_timeout)  # world size 1 = one process: the same code path
     log = comm.rank_zero(log)
     with open_run_dir(cfg) as run:  # holds the folder's lock until the run returns or fails
         done = run.finished_step(requested) if cfg.resume else None
