@@ -256,6 +256,20 @@ def test_a_one_process_checkpoint_resumes_on_two_ranks(assets, single, tmp_path)
         torch.testing.assert_close(wb[name], wa[name], atol=1e-6, rtol=0), name
 
 
+def test_a_one_process_checkpoint_under_fsdp_is_refused_with_the_reason(assets, tmp_path):
+    one = tmp_path / "one"
+    train(load_config(None, opts(assets, one, per_device_train_batch_size=4, save_steps=2)), log=QUIET)
+    part = _crash_after_step_2(one, tmp_path / "part")
+    o = opts(assets, part, per_device_train_batch_size=2, save_steps=2, resume="auto", dist="fsdp",
+             ref_cache_dir=str(one) + "-cache")
+    args = [a for k, v in o.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    p = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "tiltlm.cli", "train", *args],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0
+    assert "holds whole-model weights" in p.stderr and "resume it with --dist ddp or in one process" in p.stderr
+    assert "[rank0]: Traceback" not in p.stderr
+
+
 # ------------------------------------------------------------------------------------------------ a rank dies
 @pytest.mark.slow
 def test_a_killed_rank_stops_the_other_with_one_line_and_resume_is_bitwise(assets, tmp_path):

@@ -88,6 +88,31 @@ def test_full_disk_for_later_checkpoints_keeps_the_last_good_one_and_finishes(ti
     assert (disk / "run" / "model.safetensors").is_file() and (disk / "run" / "finished.json").is_file()
 
 
+def test_a_disk_that_fills_during_training_stops_the_run_with_one_line(tiny_assets, tmp_path, small_disk):
+    """The disk fills up while the run logs its metrics (no checkpoints): it stops with one line and exit 2; the
+    records already written stay readable."""
+    disk = small_disk(2)
+    args = train_args(tiny_assets, disk / "run", tmp_path / "cache", "--max-steps", "2000")
+    proc = subprocess.Popen([sys.executable, "-m", "tiltlm.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (disk / "run" / "metrics.jsonl").exists():
+        assert proc.poll() is None and time.time() - t0 < 300
+        time.sleep(0.02)
+    with open(disk / "filler", "wb", buffering=0) as f:  # someone else fills the disk
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    out, err = proc.communicate(timeout=300)
+    line = one_clear_line(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    assert "metrics.jsonl" in line and "No space left on device" in line
+    from tiltlm.rundir import read_jsonl
+
+    assert read_jsonl(disk / "run" / "metrics.jsonl")[0]["step"] == 1
+
+
 def test_reference_cache_on_a_full_disk_is_a_warning(tiny_assets, tmp_path, small_disk):
     disk = small_disk(1)
     with open(disk / "filler", "wb", buffering=0) as f:  # fill the disk to the last block
