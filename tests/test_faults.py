@@ -58,6 +58,16 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(point)], capture_output=True)
 
 
+def fill(disk: Path) -> None:
+    """Write zeros until the filesystem refuses: it is then full to the last block (unbuffered: nothing pending)."""
+    with open(disk / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
 # ------------------------------------------------------------------------------------------------ a full disk
 def test_full_disk_everywhere_is_one_line_and_leaves_nothing_half_written(tiny_assets, tmp_path, small_disk):
     """12 MB: the run folder's small files fit, no checkpoint (~20 MB) does, nor the final model (~10 MB)."""
@@ -99,12 +109,7 @@ def test_a_disk_that_fills_during_training_stops_the_run_with_one_line(tiny_asse
     while not (disk / "run" / "metrics.jsonl").exists():
         assert proc.poll() is None and time.time() - t0 < 300
         time.sleep(0.02)
-    with open(disk / "filler", "wb", buffering=0) as f:  # someone else fills the disk
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
+    fill(disk)  # someone else fills the disk
     out, err = proc.communicate(timeout=300)
     line = one_clear_line(subprocess.CompletedProcess(args, proc.returncode, out, err))
     assert "metrics.jsonl" in line and "No space left on device" in line
@@ -115,12 +120,7 @@ def test_a_disk_that_fills_during_training_stops_the_run_with_one_line(tiny_asse
 
 def test_reference_cache_on_a_full_disk_is_a_warning(tiny_assets, tmp_path, small_disk):
     disk = small_disk(1)
-    with open(disk / "filler", "wb", buffering=0) as f:  # fill the disk to the last block
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
+    fill(disk)
     p = tilt(*train_args(tiny_assets, tmp_path / "run", disk / "cache", "--max-steps", "1"))
     assert p.returncode == 0, p.stderr[-3000:]
     assert "training goes on without caching the reference log-probs" in p.stdout
@@ -283,11 +283,6 @@ def test_a_report_on_a_full_disk_is_one_line(tiny_assets, tmp_path, small_disk):
     disk = small_disk(1)
     for name in ("metrics.jsonl", "config.yaml", "data_stats.json", "pair_scores.jsonl"):
         shutil.copy(run / name, disk / name)
-    with open(disk / "filler", "wb", buffering=0) as f:  # the disk is full before the report starts
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
+    fill(disk)  # the disk is full before the report starts
     line = one_clear_line(tilt("report", disk))
     assert "No space left on device" in line or "cannot write" in line

@@ -98,7 +98,10 @@ class RunDir:
                               "it, or --resume auto to continue the run in it")
         if overwrite and not resume:
             for p in contents:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
         return run
 
     def lock(self) -> None:
