@@ -36,8 +36,6 @@ class Replicated:
     the backbone and the LM head directly, bypassing the wrapped module's forward, so DDP's hooks would not fire
     reliably. One flattened all-reduce after backward is simple, exact and as fast for our sizes."""
 
-    name = "ddp"
-
     def __init__(self, world: comm.World):
         self.world = world
 
@@ -59,9 +57,6 @@ class Replicated:
 
     def all_true(self, flag: bool) -> bool:
         return comm.all_true(flag)
-
-    def sum(self, *values: float) -> list[float]:
-        return comm.sum_scalars(*values)
 
     # ---------------------------------------------------------------------------------------------- model
     def wrap(self, model: torch.nn.Module, fn: Callable) -> Callable:
@@ -106,8 +101,6 @@ class Replicated:
 
 class Sharded(Replicated):
     """FSDP2 (`--dist fsdp`): parameters, gradients and optimizer state sharded over the processes."""
-
-    name = "fsdp"
 
     def describe(self) -> str:
         return f"fsdp: policy sharded over {self.world.size} ranks"

@@ -11,6 +11,7 @@ do not match is reported and the previous good one is used. Only safetensors and
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -94,7 +95,7 @@ def save_checkpoint(ckpt_root: Path, step: int, *, strategy, model, optimizer, s
             raise
     if not comm.all_true(error is None):
         if world.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _discard(tmp)
         comm.barrier()
         raise error or OSError(f"another rank failed to write its part of checkpoint-{step}")
     path = None
@@ -107,13 +108,21 @@ def save_checkpoint(ckpt_root: Path, step: int, *, strategy, model, optimizer, s
                 (tmp / "loop_state.json").write_text(json.dumps(loop_state, indent=1))
                 path = seal(tmp, final, ckpt_root, step, total_limit)
         except BaseException as e:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _discard(tmp)
             error = e if isinstance(e, OSError) else None
             if error is None:
                 raise
     if not comm.all_true(error is None):
         raise error or OSError(f"rank 0 failed to seal checkpoint-{step}")
     return path
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a failed checkpoint's temporary folder and give its space back. The failed writer's open file
+    handles sit in reference cycles of its traceback; until they are collected a full disk stays full (a deleted
+    file's space is freed only when its last handle closes), and every later write fails too."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    gc.collect()
 
 
 def seal(tmp: Path, final: Path, ckpt_root: Path, step: int, total_limit: int) -> Path:

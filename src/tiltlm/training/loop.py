@@ -4,7 +4,6 @@ runs (parallel/strategy.py) or how the reference is computed (setup.py)."""
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 import warnings
@@ -133,9 +132,6 @@ def save(s: Setup, state: LoopState, checkpoint_kw: dict, log) -> None:
                                     **checkpoint_kw)
         log(f"checkpoint: {path}")
     except OSError as e:
-        # the failed writer's open file handles sit in reference cycles of its traceback: collect them now, or a
-        # full disk stays full (tmpfs frees a deleted file's space only when its last handle closes)
-        gc.collect()
         good = ckpt.list_checkpoints(s.run.checkpoints)
         log(f"error: writing the checkpoint at step {state.step} failed ({e}); "
             f"last good checkpoint: {good[-1] if good else 'none'}")
