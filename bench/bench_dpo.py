@@ -41,6 +41,15 @@ CONFIGS = {
     "tiltlm-no-gc": ("tiltlm", {"gradient_checkpointing": False}),
     "tiltlm+packing": ("tiltlm", {"packing": True}),
     "tiltlm+packing-no-gc": ("tiltlm", {"packing": True, "gradient_checkpointing": False}),
+    # bf16 mixed precision (fp32 master weights, bf16 autocast) on both sides, like against like
+    "trl-bf16": ("trl", {"bf16": True}),
+    "trl-bf16-precompute": ("trl", {"bf16": True, "precompute_ref_log_probs": True}),
+    "tiltlm-bf16": ("tiltlm", {"bf16": True}),
+    "tiltlm-bf16-no-gc": ("tiltlm", {"bf16": True, "gradient_checkpointing": False}),
+    "tiltlm-bf16+packing": ("tiltlm", {"bf16": True, "packing": True}),
+    "tiltlm-bf16+packing-no-gc": ("tiltlm", {"bf16": True, "packing": True, "gradient_checkpointing": False}),
+    "tiltlm-bf16+packing-chunk256": ("tiltlm", {"bf16": True, "packing": True, "logps_chunk_size": 256}),
+    "tiltlm-bf16+packing-chunk4096": ("tiltlm", {"bf16": True, "packing": True, "logps_chunk_size": 4096}),
 }
 
 
@@ -112,20 +121,44 @@ def prepare_inputs(models: list[str], pairs: int) -> dict:
     return out
 
 
-def matmul_flops(threads: int, n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-`repeats` dense fp32 matmul FLOP/s (n x n @ n x n) with `threads` threads: the compute limit."""
+def matmul_flops(threads: int, n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+    """Best-of-`repeats` dense matmul FLOP/s (n x n @ n x n) in `dtype` with `threads` threads."""
+    return shape_matmul_flops(threads, [(n, n, n)], repeats, dtype)
+
+
+def model_matmul_shapes(dims: dict, tokens: int = 1024, predicted: int = 320) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every matmul of one training step's linear layers at `tokens` tokens: for each weight the
+    forward (T x in @ in x out), the input gradient (T x out @ out x in) and the weight gradient (out x T @ T x in);
+    the LM head on `predicted` completion tokens."""
+    H, I, kv = dims["hidden"], dims["intermediate"], dims["kv_dim"]
+    layer = [(H, H), (H, kv), (H, kv), (H, H), (H, I), (H, I), (I, H)]  # q, k, v, o, gate, up, down
+    shapes = []
+    for (i, o), t in [*((w, tokens) for w in layer), ((H, dims["vocab"]), predicted)]:
+        shapes += [(t, i, o), (t, o, i), (o, t, i)]
+    return shapes
+
+
+def shape_matmul_flops(threads: int, shapes: list[tuple[int, int, int]], repeats: int = 5,
+                       dtype: str = "float32") -> float:
+    """The machine's matmul rate at these shapes: sum of their FLOPs / sum of each one's best-of-`repeats` time
+    (a step spends its matmul time in exactly this mix, once per shape)."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    best = 0.0
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(3):
-            a @ b
-        best = max(best, 3 * 2 * n ** 3 / (time.perf_counter() - t))
-    return best
+    dt = getattr(torch, dtype)
+    flops = seconds = 0.0
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k).to(dt), torch.randn(k, n).to(dt)
+        a @ b  # warm-up
+        reps = max(1, int(2e9 // (2 * m * k * n)))  # ~2 GFLOP per timing, so small shapes are timed reliably
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            best = min(best, (time.perf_counter() - t) / reps)
+        flops, seconds = flops + 2 * m * k * n, seconds + best
+    return flops / seconds
 
 
 # ------------------------------------------------------------------------------------------------ FLOP model
@@ -134,9 +167,10 @@ def model_dims(model_dir: str) -> dict:
     H, V, Lyr = cfg["hidden_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
     I, nh = cfg["intermediate_size"], cfg["num_attention_heads"]
     kv = cfg.get("num_key_value_heads", nh)
-    hd = H // nh
+    hd = cfg.get("head_dim") or H // nh
     per_layer = H * nh * hd + 2 * H * kv * hd + nh * hd * H + 3 * H * I  # q, k, v, o, gate/up/down (norms ignored)
-    return {"hidden": H, "vocab": V, "layers": Lyr, "non_embedding_params": Lyr * per_layer}
+    return {"hidden": H, "vocab": V, "layers": Lyr, "non_embedding_params": Lyr * per_layer, "intermediate": I,
+            "kv_dim": kv * hd}
 
 
 def seq_flops(d: dict, seq_len: int, predicted: int) -> float:
@@ -171,7 +205,7 @@ def child_trl(a, opts: dict, steps_out: list, timing: dict) -> None:
     args = DPOConfig(output_dir=a.workdir, per_device_train_batch_size=a.batch_size,
                      gradient_accumulation_steps=a.grad_accum, max_length=a.max_length, learning_rate=1e-6,
                      beta=0.1, max_steps=a.steps + 1, logging_steps=1, save_strategy="no", report_to=[],
-                     use_cpu=not a.cuda, bf16=False, dataloader_num_workers=0, seed=a.seed,
+                     use_cpu=not a.cuda, bf16=opts.pop("bf16", False), dataloader_num_workers=0, seed=a.seed,
                      model_init_kwargs={"dtype": "float32"}, disable_tqdm=True, **opts)
 
     orig_pre = DPOTrainer._precompute_ref_logps
@@ -279,22 +313,36 @@ def run_child(a) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ parent
-def summarise(name: str, model: str, raw: dict, dims: dict, peak_flops: float, pairs_total: int) -> dict:
+def precision_of(config: str) -> str:
+    return "bfloat16" if CONFIGS[config][1].get("bf16") else "float32"
+
+
+def peer_of(config: str) -> tuple[str, str]:
+    """The TRL rows a configuration is compared with: same precision, live and precomputed reference."""
+    return ("trl-bf16", "trl-bf16-precompute") if precision_of(config) == "bfloat16" else ("trl-default",
+                                                                                            "trl-precompute")
+
+
+def summarise(name: str, model: str, raw: dict, dims: dict, rate: float, pairs_total: int) -> dict:
+    """One table row; `rate` is the machine's matmul FLOP/s at this model's shapes in this config's precision."""
     measured = raw["steps"][1:]  # drop the warm-up step
     secs = sum(s["seconds"] for s in measured)
     n_pairs = sum(len(m["lens"]) // 2 for s in measured for m in s["micro"])
+    trained = sum(len(m["lens"]) // 2 for s in raw["steps"] for m in s["micro"])
     useful = sum(m["useful"] for s in measured for m in s["micro"])
     flops = sum(seq_flops(dims, L, p) for s in measured for m in s["micro"]
                 for L, p in zip(m["lens"], m["predicted_per_row"]))
     pps = n_pairs / secs if secs else float("nan")
     pre = raw["timing"].get("precompute_s")
-    row = {"config": name, "model": model, "measured_steps": len(measured), "pairs": n_pairs,
-           "seconds_per_step": secs / max(len(measured), 1), "pairs_per_s": pps, "useful_tokens_per_s": useful / secs,
-           "precompute_s": pre,
+    row = {"config": name, "model": model, "precision": precision_of(name), "measured_steps": len(measured),
+           "pairs": n_pairs, "seconds_per_step": secs / max(len(measured), 1), "pairs_per_s": pps,
+           "useful_tokens_per_s": useful / secs, "precompute_s": pre,
            # one epoch over the whole data set including the one-off reference pass
            "end_to_end_pairs_per_s": pairs_total / ((pre or 0.0) + pairs_total / pps),
+           # the whole child process, interpreter start to exit: imports, loading, reference pass, every step
+           "process_wall_s": raw["wall_s"], "trained_pairs": trained, "process_pairs_per_s": trained / raw["wall_s"],
            "peak_rss_mb": raw["peak_rss_mb"], "cuda_peak_mb": raw["cuda_peak_mb"],
-           "useful_policy_flops_per_s": flops / secs, "fraction_of_matmul_peak": flops / secs / peak_flops,
+           "useful_policy_flops_per_s": flops / secs, "matmul_rate": rate, "fraction_of_matmul_peak": flops / secs / rate,
            "padded_tokens_per_step": sum(m["padded"] for s in measured for m in s["micro"]) / max(len(measured), 1),
            "setup_s": raw["timing"].get("setup_s"), "process_s": raw["timing"]["process_s"]}
     if all("executed" in m for s in measured for m in s["micro"]):
@@ -314,25 +362,33 @@ def fmt(x, nd=2):
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, transformers {m['transformers']}, "
-             f"trl {m['trl']}; dense fp32 matmul peak {m['matmul_flops'] / 1e9:,.1f} GFLOP/s.",
-             f"Settings: {result['settings']}", ""]
+             f"trl {m['trl']}.", f"Settings: {result['settings']}", ""]
     for model in result["settings"]["models"]:
         rows = [r for r in result["rows"] if r["model"] == model]
         if not rows:
             continue
+        rates = m["matmul"][model]
+        lines += [f"### {model}", "", "Matmul rate, best of 5 (GFLOP/s): " + ", ".join(
+            f"{k} {v / 1e9:,.1f}" for k, v in rates.items()), "",
+                  "| config | s/step | pairs/s | useful tok/s | precompute s | whole process s (pairs) | "
+                  "whole-process pairs/s | peak RSS MB | useful GFLOP/s | % of matmul rate at model shapes | "
+                  "vs TRL live ref (same precision) | vs TRL precompute (same precision) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         base = {r["config"]: r for r in rows}
-        lines += [f"### {model}", "",
-                  "| config | s/step | pairs/s | useful tok/s | precompute s | end-to-end pairs/s | peak RSS MB | "
-                  "useful GFLOP/s | % matmul peak | vs TRL default | vs TRL precompute |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
-            rel = lambda k: (f"{r['pairs_per_s'] / base[k]['pairs_per_s']:.2f}x pairs/s, "  # noqa: E731
-                             f"{r['peak_rss_mb'] / base[k]['peak_rss_mb']:.2f}x RSS") if k in base else "-"
+            def rel(k):
+                if k not in base:
+                    return "-"
+                b = base[k]
+                return (f"{r['pairs_per_s'] / b['pairs_per_s']:.2f}x pairs/s, "
+                        f"{r['process_pairs_per_s'] / b['process_pairs_per_s']:.2f}x whole-process, "
+                        f"{r['peak_rss_mb'] / b['peak_rss_mb']:.2f}x RSS")
+            live, pre = peer_of(r["config"])
             lines.append(f"| {r['config']} | {fmt(r['seconds_per_step'])} | {fmt(r['pairs_per_s'])} | "
                          f"{fmt(r['useful_tokens_per_s'], 0)} | {fmt(r['precompute_s'])} | "
-                         f"{fmt(r['end_to_end_pairs_per_s'])} | {fmt(r['peak_rss_mb'], 0)} | "
-                         f"{fmt(r['useful_policy_flops_per_s'] / 1e9, 1)} | {100 * r['fraction_of_matmul_peak']:.1f}% | "
-                         f"{rel('trl-default')} | {rel('trl-precompute')} |")
+                         f"{fmt(r['process_wall_s'], 0)} ({r['trained_pairs']}) | {fmt(r['process_pairs_per_s'], 3)} | "
+                         f"{fmt(r['peak_rss_mb'], 0)} | {fmt(r['useful_policy_flops_per_s'] / 1e9, 1)} | "
+                         f"{100 * r['fraction_of_matmul_peak']:.1f}% of {r['precision']} | {rel(live)} | {rel(pre)} |")
         lines.append("")
     for f in result.get("failures", []):
         lines.append(f"- FAILED {f['model']} / {f['config']}: {f['error']}")
@@ -345,6 +401,9 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", type=int, default=64)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--steps", type=int, default=3, help="optimizer steps measured after 1 warm-up step")
+    p.add_argument("--full-epoch", action="store_true",
+                   help="train one whole epoch over --pairs (overrides --steps): the whole-process figures then "
+                        "cover loading, the reference pass and every step")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--output", default=str(HERE / "results"))
@@ -384,7 +443,8 @@ def main(argv=None) -> int:
         if any(CONFIGS[c][0] == "trl" for c in configs):
             sys.exit("error: TRL is not installed: pip install -r requirements-bench.txt")
     cuda = torch.cuda.is_available()
-    peak = matmul_flops(a.threads)
+    if a.full_epoch:
+        a.steps = -(-a.pairs // (a.batch_size * a.grad_accum)) - 1  # + the warm-up step = one epoch
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
@@ -392,12 +452,11 @@ def main(argv=None) -> int:
         pass
     result = {"machine": {"cpu": cpu, "cores": os.cpu_count(), "threads": a.threads, "torch": torch.__version__,
                           "transformers": transformers.__version__, "trl": trl_version,
-                          "cuda": torch.cuda.get_device_name() if cuda else None, "matmul_flops": peak},
+                          "cuda": torch.cuda.get_device_name() if cuda else None, "matmul": {}},
               "settings": {"models": models, "pairs": a.pairs, "max_length": a.max_length, "steps": a.steps,
                            "batch_size": a.batch_size, "grad_accum": a.grad_accum, "learning_rate": 1e-6,
                            "beta": 0.1, "seed": a.seed},
               "rows": [], "failures": []}
-    print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s with {a.threads} threads", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false",
            "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out_dir = Path(a.output)
@@ -405,6 +464,11 @@ def main(argv=None) -> int:
     n_pairs = sum(1 for _ in open(inputs["data"]))
     for model in models:
         dims = model_dims(inputs[model])
+        rates = {f"{dt} {shape}": (matmul_flops(a.threads, dtype=dt) if shape == "2048^3" else
+                                   shape_matmul_flops(a.threads, model_matmul_shapes(dims), dtype=dt))
+                 for dt in ("float32", "bfloat16") for shape in ("2048^3", "model shapes")}
+        result["machine"]["matmul"][model] = rates
+        print(f"[{model}] matmul GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in rates.items()), flush=True)
         for name in configs:
             with tempfile.TemporaryDirectory(prefix="tiltbench-") as work:
                 cmd = [sys.executable, __file__, "--child", name, "--model", inputs[model], "--data", inputs["data"],
@@ -420,16 +484,17 @@ def main(argv=None) -> int:
                     line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCH_RESULT ")), None)
                     if proc.returncode != 0 or line is None:
                         raise RuntimeError(f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-1500:]}")
-                    raw = json.loads(line[len("BENCH_RESULT "):])
+                    raw = {**json.loads(line[len("BENCH_RESULT "):]), "wall_s": time.perf_counter() - t}
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
                     print(f"  FAILED: {e}", flush=True)
                     result["failures"].append({"model": model, "config": name, "error": str(e)[-600:]})
                     continue
-                row = summarise(name, model, raw, dims, peak, n_pairs)
+                rate = rates[f"{precision_of(name)} model shapes"]
+                row = summarise(name, model, raw, dims, rate, n_pairs)
                 result["rows"].append(row)
                 print(f"  {row['seconds_per_step']:.2f} s/step, {row['pairs_per_s']:.2f} pairs/s, "
-                      f"peak RSS {row['peak_rss_mb']:.0f} MB, {100 * row['fraction_of_matmul_peak']:.1f}% of matmul "
-                      f"peak ({time.perf_counter() - t:.0f} s)", flush=True)
+                      f"peak RSS {row['peak_rss_mb']:.0f} MB, {100 * row['fraction_of_matmul_peak']:.1f}% of the "
+                      f"{row['precision']} matmul rate, whole process {row['process_wall_s']:.0f} s", flush=True)
     (out_dir / "bench.json").write_text(json.dumps(result, indent=1))
     md = markdown(result)
     (out_dir / "bench.md").write_text(md)

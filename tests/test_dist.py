@@ -301,3 +301,27 @@ def test_a_killed_rank_stops_the_other_with_one_line_and_resume_is_bitwise(asset
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     want, got = weights(tmp_path / "full"), weights(out)
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+@pytest.mark.parametrize("dist", ["ddp", "fsdp"])
+def test_bf16_on_two_ranks_trains_like_bf16_in_one_process(assets, tmp_path, dist):
+    """--bf16 under DDP (gradients summed in fp32) and FSDP2 (MixedPrecisionPolicy: bf16 compute over the fp32
+    sharded master weights, fp32 reduce-scatter). Each rank scores other rows than the single process does, and
+    FSDP also rounds the norm weights to bf16, so agreement is to bf16's resolution, not 1e-6."""
+    kw = dict(bf16=True, eval_steps=0)
+    one = tmp_path / "one"
+    train(load_config(None, opts(assets, one, per_device_train_batch_size=4, **kw)), log=QUIET)
+    two = tmp_path / "two"
+    proc = torchrun(assets, two, per_device_train_batch_size=2, dist=dist, **kw)
+    a, b = [r for r in records(one) if "loss" in r], [r for r in records(two) if "loss" in r]
+    assert len(a) == len(b) == 4 and b[0]["loss"] == pytest.approx(0.693147, abs=1e-4)
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], abs=5e-3)
+        assert y["logps/chosen"] == pytest.approx(x["logps/chosen"], rel=1e-2)
+    wa, wb = weights(one), weights(two)
+    assert all(wb[k].dtype == torch.float32 for k in wb)  # the master weights, not a bf16 copy
+    change = lambda w: torch.cat([(w[k] - w0[k]).flatten() for k in sorted(w0)])  # noqa: E731
+    w0 = load_file(str(assets / "model" / "model.safetensors"))
+    da, db = change(wa), change(wb)
+    assert float(da @ db / (da.norm() * db.norm())) > 0.95
+    assert "bfloat16" in proc.stdout

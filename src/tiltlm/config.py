@@ -28,7 +28,9 @@ class TrainConfig:
     eval_split: float = 0.0  # if > 0 and no eval_data: hold out this fraction of `data` (seeded)
     ref_model: Optional[str] = None  # default: a frozen copy of `model` (the only correct choice for DPO)
     trust_remote_code: bool = False
-    dtype: str = "float32"  # float32 | bfloat16 | float16 (log-prob sums are always fp32)
+    dtype: str = "float32"  # how weights are stored: float32 | bfloat16 | float16 (low precision: fp32 master copy)
+    bf16: bool = False  # TRL's meaning: fp32 master weights, forward/backward under bf16 autocast (CPU and CUDA)
+    fp16: bool = False  # the same under fp16 autocast, with dynamic loss scaling
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     # --- the preference loss
@@ -119,10 +121,26 @@ class TrainConfig:
             raise ConfigError(f"lr_scheduler_type must be linear, cosine or constant, got {self.lr_scheduler_type!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        self._validate_precision()
         if self.report_to not in ("none", "tensorboard"):
             raise ConfigError(f"report_to must be none or tensorboard, got {self.report_to!r}")
         self._validate_dist_and_lora()
         return self
+
+    def _validate_precision(self) -> None:
+        if self.bf16 and self.fp16:
+            raise ConfigError("--bf16 and --fp16 are exclusive: pick one autocast dtype")
+        if (self.bf16 and self.dtype == "float16") or (self.fp16 and self.dtype == "bfloat16"):
+            raise ConfigError(f"--{'bf16' if self.bf16 else 'fp16'} with --dtype {self.dtype} mixes two half "
+                              "precisions: keep --dtype float32 (the usual choice) or use the matching one")
+        if self.dist == "fsdp" and self.dtype != "float32":
+            raise ConfigError(f"--dist fsdp with --dtype {self.dtype}: FSDP2 keeps the sharded weights as the fp32 "
+                              "master copy; use --dtype float32 --bf16 (bf16 compute, fp32 gradient reduction)")
+
+    @property
+    def mixed_precision(self) -> Optional[str]:
+        """The autocast dtype's name under --bf16 / --fp16, else None."""
+        return "bfloat16" if self.bf16 else "float16" if self.fp16 else None
 
     @property
     def uses_lora(self) -> bool:

@@ -53,7 +53,9 @@ def logit_transform(config) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
 
 def _token_logps_chunk(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                        labels: torch.Tensor, transform) -> torch.Tensor:
-    logits = hidden.float() @ weight.float().t()
+    # fp32 operands; under autocast (--bf16) the product itself runs in bf16, like the plain path's LM head, and
+    # its result is upcast so logsumexp and the gathered log-prob are always fp32
+    logits = (hidden.float() @ weight.float().t()).float()
     if bias is not None:
         logits = logits + bias.float()
     if transform is not None:

@@ -37,6 +37,7 @@ class MetricWindow:
         self.margins: list[float] = []
         self.grad_norms: list[float] = []  # one per optimizer step in the window (pre-clipping)
         self.step_seconds: list[float] = []
+        self.update_kept: list[float] = []  # per applied step: share of the intended update the weights kept
 
     def merge(self, other: "MetricWindow") -> None:
         """Fold another window (e.g. one optimizer step's micro-batches) into this one."""
@@ -47,11 +48,15 @@ class MetricWindow:
         self.margins += other.margins
         self.grad_norms += other.grad_norms
         self.step_seconds += other.step_seconds
+        self.update_kept += other.update_kept
 
-    def note_step(self, grad_norm: float, seconds: float) -> None:
-        """Per optimizer step: the pre-clipping gradient norm and the step's wall time (forward+backward+update)."""
+    def note_step(self, grad_norm: float, seconds: float, update_kept: Optional[float] = None) -> None:
+        """Per optimizer step: the pre-clipping gradient norm, the step's wall time (forward+backward+update) and,
+        when measured, the share of the optimizer's intended update the stored weights kept."""
         self.grad_norms.append(grad_norm)
         self.step_seconds.append(seconds)
+        if update_kept is not None:
+            self.update_kept.append(update_kept)
 
     def _add(self, key: str, value: float) -> None:
         self.sums[key] = self.sums.get(key, 0.0) + value
@@ -94,6 +99,8 @@ class MetricWindow:
         if self.grad_norms:
             out["grad_norm"] = sum(self.grad_norms) / len(self.grad_norms)
             out["step_seconds"] = sum(self.step_seconds) / len(self.step_seconds)
+        if self.update_kept:
+            out["update_kept"] = sum(self.update_kept) / len(self.update_kept)
         out["pairs"] = self.n
         return out
 

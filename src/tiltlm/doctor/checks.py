@@ -29,6 +29,8 @@ FIX = {
     "beta_lr_confusion": "fix the learning rate (5e-7 is standard), sweep beta in {0.05, 0.1, 0.3}; "
                          "sweep LR only if beta isn't moving the needle",
     "nonfinite": "lower the learning rate, keep --max-grad-norm 1.0, train in float32/bfloat16 rather than float16",
+    "rounded_updates": "train with --bf16 (fp32 master weights, bf16 compute) instead of low-precision weights "
+                       "stepped in place, or raise the learning rate above the weights' resolution",
     "not_learning": "learning rate too low, or beta too large (beta >= 1 is almost identity): raise the LR or "
                     "lower beta",
 }
@@ -101,7 +103,9 @@ class DoctorThresholds:
     not_learning_window: int = 20  # every loss of the last this-many records...
     not_learning_tolerance: float = 0.01  # ...within tol * max(1, start) of the start value...
     not_learning_accuracy: float = 0.55  # ...and their mean accuracy <= this (end of run: never beat 0.5)
-    finish_min_records: int = 10  # end-of-run checks need at least this many records after step 1
+    finish_min_records: int = 10
+    # rounded_updates: the share of AdamW's intended update the stored weights kept (optim.UpdateProbe)
+    min_update_kept: float = 0.5  # end-of-run checks need at least this many records after step 1
 
 
 def as_number(rec: dict, key: str) -> Optional[float]:
@@ -224,6 +228,7 @@ class Doctor:
                    out)
         if bad and not is_finite(loss):
             return out
+        self._check_rounding(record, step, out)
         if self._first is None:
             self._first = record
             self._check_reference(record, step, out)
@@ -236,6 +241,15 @@ class Doctor:
         self._check_kl(step, out)
         self._check_stuck(step, out)
         return out
+
+    def _check_rounding(self, rec: dict, step: int, out: list[Finding]) -> None:
+        kept = as_number(rec, "update_kept")
+        if kept is None:
+            return
+        self._emit("rounded_updates", kept < self.t.min_update_kept, "rounded_updates", "error", step,
+                   f"the weights kept only {kept:.0%} of the optimizer's intended update (update_kept): the steps "
+                   f"are smaller than half the weights' precision step and round away, so the model barely trains",
+                   out)
 
     def _start_loss(self) -> Optional[float]:
         if self._expected_start is not None:

@@ -140,7 +140,7 @@ def all_reduce_grads(params: Sequence[torch.nn.Parameter]) -> None:
         by_dtype.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
     for grads in by_dtype.values():
         for bucket in _buckets(grads, 1 << 25):  # ~32M elements per all-reduce
-            flat = _flatten_dense_tensors(bucket)
+            flat = _flatten_dense_tensors(bucket).float()  # bf16/fp16 gradients are summed in fp32
             tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
             for g, synced in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
                 g.copy_(synced)

@@ -20,7 +20,7 @@ folder (`save_state`); the caller seals that folder with its manifest like any c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -45,19 +45,25 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names]
 
 
-def shard_model(model: nn.Module, fn: Callable) -> ShardedRoot:
+def shard_model(model: nn.Module, fn: Callable, compute_dtype: Optional[torch.dtype] = None) -> ShardedRoot:
     """fully_shard each transformer block, then a ShardedRoot around the model; returns the root (call it with a
-    batch). `model` itself is sharded in place and stays the object optimizers and state dicts see."""
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+    batch). `model` itself is sharded in place and stays the object optimizers and state dicts see.
+
+    With `compute_dtype` (--bf16 / --fp16) the sharded fp32 parameters are the master weights: FSDP all-gathers
+    them cast to `compute_dtype` for the forward and backward, and reduce-scatters the gradients in fp32
+    (MixedPrecisionPolicy)."""
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
     blocks = transformer_blocks(model)
     if not blocks:
         raise ConfigError(f"--dist fsdp: cannot find the transformer blocks of {type(model).__name__} "
                           "(it lists no _no_split_modules); use --dist ddp")
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) if compute_dtype else None
+    kw = {"mp_policy": policy} if policy else {}
     for block in blocks:
-        fully_shard(block)
+        fully_shard(block, **kw)
     root = ShardedRoot(model, fn)
-    fully_shard(root)
+    fully_shard(root, **kw)
     for m in root.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)  # SUM over ranks: each rank's loss is already / global pairs

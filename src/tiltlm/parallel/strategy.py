@@ -34,10 +34,12 @@ class Replicated:
 
     Why an explicit all-reduce and not torch.nn.parallel.DistributedDataParallel: the chunked log-prob path calls
     the backbone and the LM head directly, bypassing the wrapped module's forward, so DDP's hooks would not fire
-    reliably. One flattened all-reduce after backward is simple, exact and as fast for our sizes."""
+    reliably. One flattened all-reduce after backward is simple, exact and as fast for our sizes; it sums in fp32
+    whatever the gradients' dtype."""
 
-    def __init__(self, world: comm.World):
+    def __init__(self, world: comm.World, compute_dtype: Optional[torch.dtype] = None):
         self.world = world
+        self.compute_dtype = compute_dtype  # --bf16 / --fp16: the dtype the forward computes in (None: as stored)
 
     def describe(self) -> str:
         if not self.world.enabled:
@@ -115,7 +117,7 @@ class Sharded(Replicated):
         return [(b, True) for b in batches] + [(filler, False)] * (most - len(batches))
 
     def wrap(self, model: torch.nn.Module, fn: Callable) -> Callable:
-        return fsdp.shard_model(model, fn)
+        return fsdp.shard_model(model, fn, compute_dtype=self.compute_dtype)
 
     def gradient_sync(self, wrapped: Callable, last: bool) -> None:
         """Reduce-scatter only after the last micro-batch of a step (the others accumulate locally)."""
@@ -144,13 +146,14 @@ class Sharded(Replicated):
 STRATEGIES = {"ddp": Replicated, "fsdp": Sharded}
 
 
-def choose(dist: str, device: str = "auto", timeout_s: int = 1800) -> Replicated:
+def choose(dist: str, device: str = "auto", timeout_s: int = 1800,
+           compute_dtype: Optional[torch.dtype] = None) -> Replicated:
     """Join the process group (if launched by torchrun) and pick the strategy. One process is always
     `Replicated` with world size 1, whatever `dist` says (there is nothing to shard over)."""
     world = comm.init(device, timeout_s)
     if dist not in STRATEGIES:
         raise ConfigError(f"dist must be one of {', '.join(STRATEGIES)}, got {dist!r}")
-    return (STRATEGIES[dist] if world.enabled else Replicated)(world)
+    return (STRATEGIES[dist] if world.enabled else Replicated)(world, compute_dtype)
 
 
 __all__ = ["Replicated", "Sharded", "STRATEGIES", "choose"]

@@ -19,7 +19,8 @@ from ..parallel import strategy as strategies
 from . import checkpoint as ckpt
 from . import tr_dpo
 from .evaluation import evaluate, finish_run
-from .optim import build_optimizer, total_steps
+from .optim import UpdateProbe, build_optimizer, total_steps
+from .precision import DTYPES, LossScaler
 from .reporting import Reporter
 from .setup import Setup, open_run_dir, setup
 from .state import LoopState, NonfiniteGuard, StopSignals
@@ -31,7 +32,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     t_setup = time.perf_counter()
     cfg.validate()  # a TrainConfig built in Python gets the same checks as one from flags or YAML
     requested = cfg.to_dict()  # setup may turn fast paths off; a relaunch is compared with what was asked
-    strategy = strategies.choose(cfg.dist, cfg.device, cfg.ddp_timeout)  # world size 1 = one process: the same code path
+    strategy = strategies.choose(cfg.dist, cfg.device, cfg.ddp_timeout,  # world size 1 = one process: same code
+                                 compute_dtype=DTYPES.get(cfg.mixed_precision))
     log = comm.rank_zero(log)
     with open_run_dir(cfg) as run:  # holds the folder's lock until the run returns or fails
         done = run.finished_step(requested) if cfg.resume else None
@@ -48,7 +50,7 @@ def _train(s: Setup, requested: dict, log) -> dict:
     pairs_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * strategy.world.size
     steps = total_steps(cfg, len(s.train_pairs), pairs_per_step)
     params, optimizer, scheduler = build_optimizer(s.model, cfg, steps)
-    state = LoopState()
+    state = LoopState(scaler=LossScaler(enabled=cfg.fp16))
     moving_ref = tr_dpo.moving_reference_model(s.reference) if cfg.sync_ref_model else None
     checkpoint_kw = dict(strategy=strategy, model=s.model, optimizer=optimizer, scheduler=scheduler,
                          reference=moving_ref)
@@ -56,6 +58,7 @@ def _train(s: Setup, requested: dict, log) -> dict:
         state = resume(s, cfg.resume, checkpoint_kw, log) or state
     report = Reporter.for_run(run, cfg, log, total_steps=steps, done_steps=state.step)
     window, nonfinite, last, last_eval = MetricWindow(), NonfiniteGuard(cfg.max_nonfinite_steps), {}, {}
+    probe = UpdateProbe(params, seed=cfg.seed)  # how much of each update the stored weights keep (doctor)
     hp = loss_hparams(cfg, bco_delta=state.rewards.value)
     s.model.train()
     with StopSignals() as stop:
@@ -64,17 +67,24 @@ def _train(s: Setup, requested: dict, log) -> dict:
                 t_step = time.perf_counter()
                 hp = loss_hparams(cfg, bco_delta=state.rewards.value)
                 pairs = step_pairs(s.train_pairs, state.step, pairs_per_step, cfg.seed)
-                step_window, step_rewards, finite = backward_step(s, pairs, hp)
+                step_window, step_rewards, finite = backward_step(s, pairs, hp, loss_scale=state.scaler.scale)
                 strategy.reduce_gradients(params)  # SUM over processes = the gradient of the whole step
+                state.scaler.unscale_(params)  # fp16: back to true gradients before clipping (else a no-op)
                 step_window = strategy.reduce(step_window)  # every process holds the global sums
                 state.rewards.merge(strategy.reduce(step_rewards))
                 grad_norm = strategy.clip_grad_norm(params, cfg.max_grad_norm)  # global fp64 norm BEFORE clipping
-                if strategy.all_true(finite and math.isfinite(grad_norm)):
+                finite, kept = strategy.all_true(finite), None
+                if finite and math.isfinite(grad_norm):
+                    probe.before(optimizer)
                     optimizer.step()
+                    kept = probe.kept(optimizer)
                     nonfinite.passed()
                     window.merge(step_window)
+                elif finite and state.scaler.scale > 1:  # fp16: the scale, not the step, was too large
+                    state.overflow_total += 1
                 else:
                     nonfinite.skipped(state, sorted(p.index for p in pairs), log)
+                state.scaler.update(overflow=not (finite and math.isfinite(grad_norm)))
                 optimizer.zero_grad(set_to_none=True)
                 with warnings.catch_warnings():  # a skipped first update makes torch warn about the call order
                     warnings.simplefilter("ignore", UserWarning)
@@ -83,11 +93,12 @@ def _train(s: Setup, requested: dict, log) -> dict:
                 state.pairs_seen += len(pairs)
                 if cfg.sync_ref_model and tr_dpo.due(state.step, cfg.ref_model_sync_steps):
                     tr_dpo.sync_reference(s.reference, s.model, cfg.ref_model_mixup_alpha)
-                window.note_step(grad_norm, time.perf_counter() - t_step)
+                window.note_step(grad_norm, time.perf_counter() - t_step, update_kept=kept)
                 if state.step % cfg.logging_steps == 0 or state.step == steps:
                     last = {"step": state.step, "epoch": state.pairs_seen / len(s.train_pairs),
                             "pairs_seen": state.pairs_seen, **window.compute(),
-                            "learning_rate": scheduler.get_last_lr()[0], "nonfinite_steps": state.nonfinite_total}
+                            "learning_rate": scheduler.get_last_lr()[0], "nonfinite_steps": state.nonfinite_total,
+                            **state.precision_metrics()}
                     report.train_record(last)
                     window = MetricWindow()
                 if s.eval_pairs and cfg.eval_steps > 0 and state.step % cfg.eval_steps == 0:
@@ -118,7 +129,7 @@ def resume(s: Setup, requested: str, checkpoint_kw: dict, log) -> LoopState | No
     if found is None:
         log("no checkpoint to resume from; starting fresh")
         return None
-    state = LoopState.from_dict(ckpt.load_checkpoint(found, **checkpoint_kw))
+    state = LoopState.from_dict(ckpt.load_checkpoint(found, **checkpoint_kw), LossScaler(enabled=s.cfg.fp16))
     s.run.truncate_records(after_step=state.step)
     log(f"resumed from {found} at step {state.step}")
     return state

@@ -29,6 +29,7 @@ from ..parallel import comm
 from ..parallel.strategy import Replicated
 from ..rundir import DATA_STATS, REFERENCE, SKIPPED, SKIPPED_EVAL, RunDir
 from ..types import PairLogps
+from .precision import Precision, half_precision_warning
 
 Reference = Callable[[ModelBatch], PairLogps]
 
@@ -39,6 +40,7 @@ class Setup:
     run: RunDir
     strategy: Replicated  # or its subclass Sharded: how the processes hold the model
     device: torch.device
+    precision: Precision  # weights' dtype and the autocast dtype every forward (policy, reference, eval) runs in
     tokenizer: object
     model: torch.nn.Module  # the policy as optimizers and state dicts see it (peft-wrapped under LoRA)
     policy: Callable[[ModelBatch], torch.Tensor]  # batch -> per-token log-probs (the sharded root under FSDP)
@@ -68,15 +70,19 @@ def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = p
     enable_gradient_checkpointing(model, cfg.gradient_checkpointing, log)
     run.write_config(cfg.to_dict())  # after the start-up decisions: the folder says what actually runs
 
-    token_fn = functools.partial(token_logps, chunked=cfg.chunked_logps, chunk_size=cfg.logps_chunk_size)
+    precision = Precision.of(cfg.dtype, cfg.mixed_precision, device)
+    if (slow := half_precision_warning(precision)) is not None:
+        log(f"warning: {slow}")
+    token_fn = precision.wrap(functools.partial(token_logps, chunked=cfg.chunked_logps,
+                                                chunk_size=cfg.logps_chunk_size))
     reference = eval_reference = None
     if needs_reference(cfg.loss_type):
-        reference, eval_reference = build_reference(cfg, strategy, model, token_fn, train_pairs, eval_pairs,
-                                                    tokenizer, device, run, log)
+        reference, eval_reference = build_reference(cfg, strategy, model, token_fn, precision, train_pairs,
+                                                    eval_pairs, tokenizer, device, run, log)
     policy = strategy.wrap(model, token_fn)  # after the (unsharded, distributed) reference pass
-    log(strategy.describe())
-    return Setup(cfg, run, strategy, device, tokenizer, model, policy, train_pairs, eval_pairs, examples,
-                 reference, eval_reference)
+    log(f"{strategy.describe()}; {precision.describe()}")
+    return Setup(cfg, run, strategy, device, precision, tokenizer, model, policy, train_pairs, eval_pairs,
+                 examples, reference, eval_reference)
 
 
 def open_run_dir(cfg: TrainConfig) -> RunDir:
@@ -160,10 +166,12 @@ def enable_gradient_checkpointing(model: torch.nn.Module, enabled: bool, log: Ca
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, token_fn, train_pairs, eval_pairs, tokenizer,
-                    device, run: RunDir, log: Callable) -> tuple[Reference, Optional[Reference]]:
+def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, token_fn, precision: Precision, train_pairs,
+                    eval_pairs, tokenizer, device, run: RunDir, log: Callable) -> tuple[Reference, Optional[Reference]]:
     """(training reference, eval reference): cached log-probs, or a live model -- the policy with its adapter
-    off under LoRA, else a frozen copy of --ref-model / --model, held (and sharded) like the policy."""
+    off under LoRA, else a frozen copy of --ref-model / --model, held (and sharded) like the policy. Either way
+    it is scored in the policy's precision (`token_fn` and the cached pass run under the same autocast), so at
+    step 0 policy = reference holds in bf16 too."""
     same_model = cfg.ref_model is None or cfg.ref_model == cfg.model
     if cfg.precompute_ref_log_probs:
         # at step 0 the policy IS the reference (a fresh LoRA adapter is zero; a continued one equals its frozen
@@ -171,10 +179,10 @@ def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, token_
         ref_model = policy_model if same_model else load_model(cfg.ref_model, dtype=cfg.dtype, device=device,
                                                                trust_remote_code=cfg.trust_remote_code)
         fp = lora.fingerprint(fingerprint(cfg.ref_model or cfg.model), cfg.lora_adapter)
-        score = functools.partial(_score_with_progress, ref_model, cfg, tokenizer.pad_token_id)
-        reference, path, _ = cached_reference(score, fp, cfg.dtype, train_pairs, cache_dir=cfg.ref_cache_dir,
+        score = precision.wrap(functools.partial(_score_with_progress, ref_model, cfg, tokenizer.pad_token_id))
+        reference, path, _ = cached_reference(score, fp, precision.tag, train_pairs, cache_dir=cfg.ref_cache_dir,
                                               log=log)
-        eval_reference = cached_reference(score, fp, cfg.dtype, eval_pairs, cache_dir=cfg.ref_cache_dir,
+        eval_reference = cached_reference(score, fp, precision.tag, eval_pairs, cache_dir=cfg.ref_cache_dir,
                                           log=log)[0] if eval_pairs else None
         run.write_json(REFERENCE, {"cache": str(path), "model_fingerprint": fp})
         return reference, eval_reference

@@ -3,7 +3,9 @@
 * `LoopState`  -- where the run is (step, pairs seen, skipped steps, BCO's reward mean); saved in every
                   checkpoint as loop_state.json, so a resumed run continues exactly.
 * `RewardMean` -- the running mean of implicit rewards that BCO's loss shifts by (delta); merges across processes.
-* `NonfiniteGuard` -- a step with a non-finite loss or gradient is skipped; too many in a row stop the run.
+* `NonfiniteGuard` -- a step with a non-finite loss or gradient is skipped; too many in a row stop the run (an fp16
+                    step whose loss is finite but whose scaled gradients overflowed is loss scaling at work: it is
+                    skipped and counted as `overflow_steps`, and does not count towards stopping).
 * `StopSignals` -- SIGINT/SIGTERM ask the loop to stop after the current step (it then checkpoints).
 """
 
@@ -17,6 +19,7 @@ import torch
 
 from ..errors import TrainingError
 from ..types import LossOutput
+from .precision import LossScaler
 
 
 @dataclass
@@ -46,16 +49,25 @@ class LoopState:
     pairs_seen: int = 0
     nonfinite_total: int = 0
     rewards: RewardMean = field(default_factory=RewardMean)
+    overflow_total: int = 0  # fp16 steps skipped because the scaled gradients overflowed (the scale then halves)
+    scaler: LossScaler = field(default_factory=lambda: LossScaler(enabled=False))
 
     def to_dict(self) -> dict:
         """The loop_state.json record (flat keys, as checkpoints have always stored them)."""
         return {"step": self.step, "pairs_seen": self.pairs_seen, "nonfinite_total": self.nonfinite_total,
-                "bco_sum": self.rewards.sum, "bco_n": self.rewards.n}
+                "bco_sum": self.rewards.sum, "bco_n": self.rewards.n, "overflow_total": self.overflow_total,
+                **self.scaler.state_dict()}
+
+    def precision_metrics(self) -> dict:
+        """fp16 only: the loss scale and the overflow-skipped steps so far (metric names of TRL's fp16 runs)."""
+        return {"loss_scale": self.scaler.scale, "overflow_steps": self.overflow_total} if self.scaler.enabled else {}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LoopState":
+    def from_dict(cls, d: dict, scaler: LossScaler) -> "LoopState":
+        scaler.load_state_dict(d)
         return cls(step=int(d["step"]), pairs_seen=int(d["pairs_seen"]), nonfinite_total=int(d["nonfinite_total"]),
-                   rewards=RewardMean(float(d.get("bco_sum", 0.0)), int(d.get("bco_n", 0))))
+                   rewards=RewardMean(float(d.get("bco_sum", 0.0)), int(d.get("bco_n", 0))),
+                   overflow_total=int(d.get("overflow_total", 0)), scaler=scaler)
 
 
 class NonfiniteGuard:

@@ -24,11 +24,13 @@ def forward_pairs(s: Setup, batch, hp: LossHParams, reference=None
     return policy, ref, compute_loss(s.cfg.loss_type, s.cfg.loss_weights, policy, ref, hp)
 
 
-def backward_step(s: Setup, pairs: list, hp: LossHParams) -> tuple[MetricWindow, RewardMean, bool]:
+def backward_step(s: Setup, pairs: list, hp: LossHParams, loss_scale: float = 1.0
+                  ) -> tuple[MetricWindow, RewardMean, bool]:
     """Forward and backward this process's share of one step's pairs, micro-batch by micro-batch.
 
     Each micro-batch backpropagates sum(its losses) / (pairs in the whole step), so the accumulated gradient is the
     step's mean-loss gradient whatever the split (and, summed over processes, whatever the number of processes).
+    `loss_scale` multiplies what is backpropagated (fp16 loss scaling; the caller divides the gradients back).
     Returns this process's metric window and reward sums, and whether every loss was finite."""
     cfg, strategy = s.cfg, s.strategy
     window, rewards, finite = MetricWindow(), RewardMean(), True
@@ -39,7 +41,7 @@ def backward_step(s: Setup, pairs: list, hp: LossHParams) -> tuple[MetricWindow,
         strategy.gradient_sync(s.policy, last=k == len(calls) - 1)
         policy, ref, out = forward_pairs(s, batch.to(s.device), hp)
         # a padding call (real=False) only keeps the collectives matched: it weighs nothing
-        (out.losses.sum() * (1.0 if real else 0.0) / len(pairs)).backward()
+        (out.losses.sum() * (loss_scale if real else 0.0) / len(pairs)).backward()
         if real:
             window.add(policy, ref, out)
             rewards.add(out)
