@@ -23,11 +23,11 @@ def tiny_model(kind: str = "llama", seed: int = 0, attn: str = "sdpa") -> torch.
                           num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, **common)
     elif kind == "gpt2":
         cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256, **common)
-    elif kind == "gemma2":  # final-logit soft-capping: the chunked path must apply it too (eager-only model)
-        attn = "eager"
+    elif kind == "gemma2":  # final-logit soft-capping: the chunked path must apply it too (SDPA has no softcap)
+        attn = "eager" if attn == "sdpa" else attn
         cfg = Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
-                           final_logit_softcapping=5.0, **common)
+                           final_logit_softcapping=5.0, attn_logit_softcapping=1.0, **common)
     else:
         raise ValueError(kind)
     cfg._attn_implementation = attn
