@@ -171,8 +171,8 @@ def child_trl(a, opts: dict, steps_out: list, timing: dict) -> None:
     args = DPOConfig(output_dir=a.workdir, per_device_train_batch_size=a.batch_size,
                      gradient_accumulation_steps=a.grad_accum, max_length=a.max_length, learning_rate=1e-6,
                      beta=0.1, max_steps=a.steps + 1, logging_steps=1, save_strategy="no", report_to=[],
-                     use_cpu=not a.cuda, bf16=False, dataloader_num_workers=0, seed=a.seed,
-                     model_init_kwargs={"dtype": "float32"}, disable_tqdm=True, **opts)
+                     use_cpu=not a.cuda, bf16=opts.pop("bf16", False), dataloader_num_workers=0, seed=a.seed,
+                     model_init_kwargs={"dtype": "float32"}, disable_tqdm=True, **opts)  # bf16: autocast, fp32 master
 
     orig_pre = DPOTrainer._precompute_ref_logps
 
