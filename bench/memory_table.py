@@ -56,7 +56,7 @@ def table(sizes, worlds, dtype_bytes=2, lora_fraction=0.005) -> str:
 #   no mixed precision: parameters held in bf16 (`--dtype bfloat16`): weights 2, gradients 2, and torch's AdamW keeps
 #                       its two moments in the parameter dtype: 2 + 2.
 #   mixed precision:    fp32 sharded master weights, bf16 compute (FSDP2 MixedPrecisionPolicy(param_dtype=bf16,
-#                       reduce_dtype=fp32), the meaning of TRL's / tiltlm's --bf16): weights 4, gradients 4, AdamW 4 + 4;
+#                       reduce_dtype=fp32), what --bf16 means): weights 4, gradients 4, AdamW 4 + 4;
 #                       plus the bf16 copy of the block being computed (transient, not counted).
 #   reference:          live = a frozen bf16 copy (2; it is never updated, so it needs no fp32 master), sharded like
 #                       the policy; cached = 0 (precomputed log-probs, 8 bytes per pair on disk).
