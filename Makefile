@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-slow lint-imports bench clean
+.PHONY: install demo test test-fast test-slow test-gpu lint-imports bench bench-gpu clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,21 +23,29 @@ demo: install
 # the import contracts (layers point one way, no circles; pyproject.toml), then the fast tests, then the slow
 # real-model tests (skip those locally with `make test-fast`)
 test: lint-imports
-	$(PY) -m pytest -q -m "not slow" tests
-	$(PY) -m pytest -q -m slow tests
+	$(PY) -m pytest -q -m "not slow and not gpu" tests
+	$(PY) -m pytest -q -m "slow and not gpu" tests
 
 test-fast: lint-imports
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow and not gpu" tests
+
+# the CUDA path (tests/test_gpu.py): needs a GPU and a CUDA build of torch; every test skips without one
+test-gpu: lint-imports
+	$(PY) -m pytest -q -m gpu tests
 
 lint-imports: install
 	$(VENV)/bin/lint-imports --no-logo --no-cache
 
 test-slow: install
-	$(PY) -m pytest -q -m slow tests
+	$(PY) -m pytest -q -m "slow and not gpu" tests
 
 bench: install
 	$(PIP) install -q -r requirements-bench.txt
 	$(PY) bench/bench_dpo.py --output bench/results
+
+bench-gpu: install
+	$(PIP) install -q -r requirements-bench.txt
+	$(PY) bench/bench_gpu.py --output bench/results/gpu
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -12,22 +12,23 @@ from tiltlm.types import TokenizedPair
 VOCAB = 97
 
 
-def tiny_model(kind: str = "llama", seed: int = 0, attn: str = "sdpa") -> torch.nn.Module:
+def tiny_model(kind: str = "llama", seed: int = 0, attn: str = "sdpa", hidden: int = 32) -> torch.nn.Module:
+    """hidden / 4 heads = the head dimension: 8 by default; CUDA's FlexAttention kernel needs >= 16 (hidden 64)."""
     torch.manual_seed(seed)
     common = dict(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if kind == "llama":
-        cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
                           num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False, **common)
     elif kind == "qwen2":
-        cfg = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        cfg = Qwen2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
                           num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, **common)
     elif kind == "gpt2":
         cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256, **common)
-    elif kind == "gemma2":  # final-logit soft-capping: the chunked path must apply it too (eager-only model)
-        attn = "eager"
+    elif kind == "gemma2":  # final-logit soft-capping: the chunked path must apply it too (SDPA has no softcap)
+        attn = "eager" if attn == "sdpa" else attn
         cfg = Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
-                           final_logit_softcapping=5.0, **common)
+                           final_logit_softcapping=5.0, attn_logit_softcapping=1.0, **common)
     else:
         raise ValueError(kind)
     cfg._attn_implementation = attn

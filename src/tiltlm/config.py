@@ -74,6 +74,11 @@ class TrainConfig:
     logps_chunk_size: int = 1024  # tokens per LM-head chunk
     gradient_checkpointing: bool = True  # recompute each block in backward: -36% peak memory, +16% time (SmolLM2)
 
+    # --- attention kernel (issue 14; docs/design.md "Attention kernels")
+    # auto: on CUDA FlexAttention for prefix-shared/packed rows (masked blocks skipped) and SDPA's causal kernel for
+    # plain rows; on CPU SDPA with a dense mask. Or force sdpa | eager | flex_attention (CUDA only: no CPU backward).
+    attn_implementation: str = "auto"
+
     # --- logging, eval, checkpoints
     logging_steps: int = 1
     eval_steps: int = 0  # 0 = evaluate at the end only
@@ -122,6 +127,9 @@ class TrainConfig:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         self._validate_precision()
+        if self.attn_implementation not in ("auto", "sdpa", "eager", "flex_attention"):
+            raise ConfigError(f"attn_implementation must be auto, sdpa, eager or flex_attention, got "
+                              f"{self.attn_implementation!r}")
         if self.report_to not in ("none", "tensorboard"):
             raise ConfigError(f"report_to must be none or tensorboard, got {self.report_to!r}")
         self._validate_dist_and_lora()

@@ -7,7 +7,8 @@
 * packed         -- several of those segments per row (no padding between them); a segment sees only itself.
 
 All three are described by the same per-token layout -- (segment id, branch, position id) -- and one mask rule:
-token i may attend token j  iff  j <= i,  seg[i] == seg[j],  and branch[j] in {PROMPT, branch[i]}.
+token i may attend token j  iff  j <= i,  seg[i] == seg[j],  and branch[j] in {PROMPT, branch[i]}
+(`may_attend`: the one rule, used both for the dense mask and for FlexAttention's mask_mod).
 A completion token is predicted by the hidden state *before* it in its own sequence; with prefix sharing the first
 rejected token is predicted by the last prompt token, which is therefore used twice. So instead of shifting
 logits we list, for every completion token, (row, position of the predicting hidden state, label, sequence id).
@@ -16,7 +17,7 @@ logits we list, for every completion token, (row, position of the predicting hid
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -39,6 +40,7 @@ class ModelBatch:
     seq_ids: torch.Tensor  # (T,) ... and its sequence: 2*k chosen / 2*k+1 rejected of the k-th pair in `pair_index`
     pair_index: torch.Tensor  # (B,) dataset indices of the pairs, in batch order
     shared_segments: bool  # True if some segment holds both branches (needs a 4D mask)
+    _masks: dict = field(default_factory=dict, repr=False, compare=False)  # attention masks built for this batch
 
     @property
     def num_pairs(self) -> int:
@@ -50,31 +52,66 @@ class ModelBatch:
         return int((self.segment_ids != PAD_SEG).sum())
 
     def to(self, device) -> "ModelBatch":
-        kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()
+              if k != "_masks"}
         return ModelBatch(**kw)
 
     def attention_mask(self, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
-        """The mask in the form the model's attention expects.
+        """The mask in the form the model's attention expects (built once per batch and kept: a live reference
+        forward on the same batch reuses the policy's).
 
         A plain padded batch gets the usual 2D padding mask (the model builds its own causal mask, fast path).
-        Shared or packed rows get a dense 4D mask from the rule in the module docstring: boolean for SDPA,
+        Shared or packed rows get the rule in the module docstring as a FlexAttention BlockMask when the model's
+        attention is a flex implementation (masked blocks are skipped), else as a dense 4D mask: boolean for SDPA,
         additive (0 / -inf) for eager attention. Padding queries attend to themselves only, so no softmax row is
         empty (their outputs are never read).
         """
         if not self.shared_segments:
             return (self.segment_ids != PAD_SEG).long()
+        kind = "flex" if "flex" in attn_implementation else "sdpa" if attn_implementation == "sdpa" else "eager"
+        key = (kind, dtype if kind == "eager" else None)
+        if key not in self._masks:
+            self._masks[key] = (self.block_mask() if kind == "flex" else self.dense_mask() if kind == "sdpa"
+                                else additive(self.dense_mask(), dtype))
+        return self._masks[key]
+
+    def dense_mask(self) -> torch.Tensor:
+        """(R, 1, L, L) boolean: True where a query may attend a key."""
         seg, br = self.segment_ids, self.branch_ids
-        L = seg.shape[1]
-        causal = torch.ones(L, L, dtype=torch.bool, device=seg.device).tril()
-        same_seg = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != PAD_SEG)
-        branch_ok = (br[:, None, :] == PROMPT) | (br[:, None, :] == br[:, :, None])
-        allowed = causal & same_seg & branch_ok
-        allowed |= torch.eye(L, dtype=torch.bool, device=seg.device)  # padding rows: self only
-        allowed = allowed[:, None]  # (R, 1, L, L)
-        if attn_implementation == "sdpa":
-            return allowed
-        neg = torch.finfo(dtype).min
-        return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, neg)
+        ar = torch.arange(seg.shape[1], device=seg.device)
+        return may_attend(ar[:, None], ar[None, :], seg[:, :, None], seg[:, None, :], br[:, :, None],
+                          br[:, None, :])[:, None]
+
+    def mask_mod(self):
+        """The same rule as a FlexAttention mask_mod(b, h, q_idx, kv_idx) over this batch's rows."""
+        seg, br = self.segment_ids, self.branch_ids
+
+        def mod(b, h, q, kv):
+            return may_attend(q, kv, seg[b, q], seg[b, kv], br[b, q], br[b, kv])
+
+        return mod
+
+    def block_mask(self):
+        """FlexAttention's BlockMask of the rule: (R, 1, L, L) in blocks of 128; fully masked blocks are skipped.
+        On CUDA the mask is built by a compiled kernel (no dense L x L intermediate)."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        R, L = self.segment_ids.shape
+        return create_block_mask(self.mask_mod(), B=R, H=None, Q_LEN=L, KV_LEN=L, device=self.segment_ids.device,
+                                 _compile=self.segment_ids.is_cuda)
+
+
+def may_attend(q, kv, seg_q, seg_kv, br_q, br_kv) -> torch.Tensor:
+    """THE mask rule (elementwise, broadcasting): query position q may attend key position kv of the same row iff
+    kv <= q, both are in the same (non-padding) segment, and the key is a prompt token or in the query's own branch.
+    A padding query (or any query) may attend itself, so no softmax row is empty."""
+    same = (seg_q == seg_kv) & (seg_kv != PAD_SEG)
+    return (q == kv) | ((kv <= q) & same & ((br_kv == PROMPT) | (br_kv == br_q)))
+
+
+def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean mask -> additive mask (0 where allowed, the dtype's minimum elsewhere) for eager attention."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def _row_segments(pair: TokenizedPair, shared: bool) -> list[tuple[list[int], list[int], list[int], list[tuple]]]:

@@ -11,6 +11,7 @@ import torch
 from safetensors import SafetensorError
 
 from ..errors import ConfigError, first_line
+from . import attention
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,16 +49,19 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
 
 
 def load_model(path: str, *, dtype: str = "float32", device: str | torch.device = "cpu",
-               trust_remote_code: bool = False, attn_implementation: str = "sdpa") -> torch.nn.Module:
+               trust_remote_code: bool = False, attn_implementation: str = "auto") -> torch.nn.Module:
+    """`attn_implementation`: auto | sdpa | eager | flex_attention, resolved for `device` by model/attention.py
+    (auto: FlexAttention for shared/packed rows on CUDA, SDPA otherwise); eager if the architecture has neither."""
     from transformers import AutoModelForCausalLM
 
     folder, gguf = split_model_path(path)
     kwargs = dict(gguf_file=gguf, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+    attn = attention.resolve(attn_implementation, device)
     try:
         try:
-            model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attn_implementation, **kwargs)
-        except ValueError as e:  # architectures without SDPA support
-            if "scaled_dot_product_attention" not in str(e):
+            model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attn, **kwargs)
+        except ValueError as e:  # an architecture without SDPA (or attention-interface) support
+            if attn == "eager" or "attention" not in str(e).lower():
                 raise
             model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:  # missing / truncated weights ...
@@ -69,6 +73,7 @@ def load_model(path: str, *, dtype: str = "float32", device: str | torch.device 
         model.is_quantized = False
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+    attention.settle(model)
     disable_dropout(model)
     return model.to(device)
 

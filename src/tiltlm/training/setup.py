@@ -57,7 +57,11 @@ def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = p
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     train_pairs, eval_pairs, examples = load_pairs(cfg, tokenizer, run, log)
 
-    model = load_model(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
+    if cfg.attn_implementation == "flex_attention" and device.type != "cuda":
+        raise ConfigError("--attn-implementation flex_attention needs CUDA (FlexAttention has no CPU backward in "
+                          "torch 2.13); on CPU use auto or sdpa")
+    model = load_model(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
+                       attn_implementation=cfg.attn_implementation)
     check_model_fits_pairs(model, [*train_pairs, *eval_pairs], cfg, log)
     problem = check_fast_path(model, train_pairs, pad_token_id=tokenizer.pad_token_id)
     if problem and (cfg.prefix_sharing or cfg.chunked_logps or cfg.packing):
@@ -177,7 +181,8 @@ def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, token_
         # at step 0 the policy IS the reference (a fresh LoRA adapter is zero; a continued one equals its frozen
         # copy): it scores the pairs before training, and no second model ever exists
         ref_model = policy_model if same_model else load_model(cfg.ref_model, dtype=cfg.dtype, device=device,
-                                                               trust_remote_code=cfg.trust_remote_code)
+                                                               trust_remote_code=cfg.trust_remote_code,
+                                                               attn_implementation=cfg.attn_implementation)
         fp = lora.fingerprint(fingerprint(cfg.ref_model or cfg.model), cfg.lora_adapter)
         score = precision.wrap(functools.partial(_score_with_progress, ref_model, cfg, tokenizer.pad_token_id))
         reference, path, _ = cached_reference(score, fp, precision.tag, train_pairs, cache_dir=cfg.ref_cache_dir,
@@ -190,7 +195,7 @@ def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, token_
         live = LiveReference(policy_model, functools.partial(token_fn, policy_model), switch=lora.reference_weights)
     else:
         ref_model = load_model(cfg.ref_model or cfg.model, dtype=cfg.dtype, device=device,
-                               trust_remote_code=cfg.trust_remote_code)
+                               trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
         live = LiveReference(ref_model, strategy.wrap(ref_model, token_fn))
     return live, live
 
