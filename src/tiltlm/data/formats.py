@@ -125,22 +125,23 @@ def row_to_example(index: int, source: str, row: dict, *, prompt_delimiter: Opti
     if isinstance(out, RowIssue):  # name the file's column, not the role it plays
         out.field = _ROLE.sub(lambda m: cols[m.group(1)], out.field)
         return out
-    if not (system or "").strip():
+    if not columns.system:
         return out
-    return with_system(out[0], system), out[1] + "+system"
+    return with_system(out[0], system or ""), out[1] + "+system"
 
 
 def with_system(ex: PreferenceExample, system: str) -> PreferenceExample:
-    """The example as a conversation that opens with `system` (plain text: the prompt becomes the user turn and
-    each response an assistant turn, which the chat template renders). A prompt that already opens with a system
-    message keeps its own."""
+    """The example as a conversation (rendered by the chat template) that opens with `system` when it is not
+    blank: plain text becomes a user turn and two assistant turns, so every row of a file with a system column
+    is rendered the same way, with or without its system text. A prompt that opens with a system message keeps
+    its own."""
+    head = [{"role": "system", "content": system}] if system.strip() else []
     if ex.conversational:
         prompt = list(ex.prompt)
-        if not prompt or prompt[0]["role"] != "system":
-            prompt = [{"role": "system", "content": system}] + prompt
-        return PreferenceExample(ex.index, ex.source, prompt, ex.chosen, ex.rejected, conversational=True)
-    return PreferenceExample(ex.index, ex.source,
-                             [{"role": "system", "content": system}, {"role": "user", "content": ex.prompt}],
+        if prompt and prompt[0]["role"] == "system":
+            head = []
+        return PreferenceExample(ex.index, ex.source, head + prompt, ex.chosen, ex.rejected, conversational=True)
+    return PreferenceExample(ex.index, ex.source, head + [{"role": "user", "content": ex.prompt}],
                              [{"role": "assistant", "content": ex.chosen}],
                              [{"role": "assistant", "content": ex.rejected}], conversational=True)
 
