@@ -124,7 +124,8 @@ def run_precompute_ref(args: argparse.Namespace) -> int:
     logps = score_pairs(model, pairs, batch_size=cfg.per_device_eval_batch_size, pad_token_id=tokenizer.pad_token_id,
                         chunk_size=cfg.logps_chunk_size)
     table = CachedReference([p.index for p in pairs], logps)
-    path = table.save(args.output, metadata={"model": cfg.model, "model_fingerprint": fingerprint(cfg.model, cfg.revision),
+    fp = fingerprint(cfg.model, cfg.revision)
+    path = table.save(args.output, metadata={"model": cfg.model, "model_fingerprint": fp,
                                              "data": cfg.data, "max_length": cfg.max_length})
     print(f"wrote reference log-probs of {len(pairs)} pairs ({stats.get('truncated', 0)} truncated) to {path}")
     return 0
