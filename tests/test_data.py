@@ -143,18 +143,31 @@ def test_prepare_dataset_raises_summary_then_skips(tmp_path):
     with pytest.raises(DataError) as ei:
         prepare_dataset(str(p), None, max_length=64)
     msg = str(ei.value)
-    assert "4 of 6 rows" in msg and "Traceback" not in msg
-    for kind, line in (("empty_response", 2), ("invalid_json", 4), ("missing_field", 5), ("duplicate_pair", 6)):
+    assert "3 of 6 rows" in msg and "Traceback" not in msg
+    for kind, line in (("empty_response", 2), ("invalid_json", 4), ("missing_field", 5)):
         assert kind in msg and f"mixed.jsonl:{line}" in msg
+    assert "duplicate_pair" not in msg  # a repeated pair is a warning, not bad data (TRL trains on it)
     skipped = tmp_path / "out" / "skipped.jsonl"
-    ex, pairs, stats = prepare_dataset(str(p), None, max_length=64, skip_invalid=True, skipped_path=str(skipped))
-    assert [e.index for e in ex] == [0, 2]
-    assert stats["rows"] == 6 and stats["valid"] == 2 and stats["skipped"] == 4
-    assert stats["skipped_by_kind"] == {"empty_response": 1, "invalid_json": 1, "missing_field": 1,
-                                        "duplicate_pair": 1}
+    logged = []
+    ex, pairs, stats = prepare_dataset(str(p), None, max_length=64, skip_invalid=True, skipped_path=str(skipped),
+                                       log=logged.append)
+    assert [e.index for e in ex] == [0, 2, 5]  # row 6 repeats row 3 and is kept
+    assert stats["rows"] == 6 and stats["valid"] == 3 and stats["skipped"] == 3 and stats["duplicates"] == 1
+    assert stats["skipped_by_kind"] == {"empty_response": 1, "invalid_json": 1, "missing_field": 1}
+    assert logged == [f"warning: {p}: 1 duplicate pairs kept, as TRL does; --drop-duplicates removes them; "
+                      f"first: {p}:6 (same prompt/chosen/rejected as {p}:3)"]
     recs = [json.loads(x) for x in skipped.read_text().splitlines()]
-    assert len(recs) == 4 and set(recs[0]) == {"source", "field", "kind", "reason"}
+    assert len(recs) == 3 and set(recs[0]) == {"source", "field", "kind", "reason"}
     assert {r["kind"] for r in recs} == set(stats["skipped_by_kind"])
+    # --drop-duplicates: the repeat goes too, counted and written with its reason
+    ex, _, stats = prepare_dataset(str(p), None, max_length=64, skip_invalid=True, skipped_path=str(skipped),
+                                   drop_duplicates=True, log=logged.append)
+    assert [e.index for e in ex] == [0, 2] and stats["skipped"] == 4 and stats["duplicates"] == 1
+    assert stats["skipped_by_kind"]["duplicate_pair"] == 1
+    dup = [json.loads(x) for x in skipped.read_text().splitlines()][-1]
+    assert dup == {"source": f"{p}:6", "field": "chosen", "kind": "duplicate_pair",
+                   "reason": f"same prompt/chosen/rejected as {p}:3"}
+    assert "dropped (--drop-duplicates)" in logged[-1]
 
 
 def test_prepare_dataset_no_valid_rows(tmp_path, bad_cases):
@@ -189,10 +202,12 @@ def test_cli_data_check_with_model(tmp_path, smollm2_tokenizer, capsys, monkeypa
     loaded = []  # reuse the session tokenizer (loading the GGUF again takes ~30 s); check the CLI asks for it
     monkeypatch.setattr(data_cmd, "load_tokenizer", lambda path, **kw: loaded.append(path) or smollm2_tokenizer)
     p = fg.write_jsonl(tmp_path / "d.jsonl", [fg.GOOD, {"prompt": "word " * 50, "chosen": " a", "rejected": " b"}])
-    assert _run_cli(["data", "check", str(p), "--model", str(smollm2_gguf_path()), "--max-length", "20"]) == 1
+    # a prompt too long for --max-length is a length budget: training skips it, so the check warns (exit 0)
+    assert _run_cli(["data", "check", str(p), "--model", str(smollm2_gguf_path()), "--max-length", "20"]) == 0
     assert loaded == [str(smollm2_gguf_path())]
     out = capsys.readouterr().out
     assert "prompt_too_long" in out and "tokens (mean" in out and f"{p}:2 [prompt]" in out
+    assert "warnings" in out and "1 valid" in out and "no malformed rows" in out
 
 
 def test_prompt_too_long_via_validate(tmp_path, smollm2_tokenizer):

@@ -64,6 +64,18 @@ class TrainConfig:
     prompt_delimiter: Optional[str] = None  # implicit-prompt split marker; default: auto ("\n\nAssistant:")
     skip_invalid: bool = False  # train on the valid rows and write the rest to OUTPUT_DIR/skipped.jsonl
 
+    # --- data layouts and the hub (issue 12)
+    revision: Optional[str] = None  # hub revision (branch, tag, commit) of a hub-name --model / --ref-model
+    dataset_train_split: str = "train"  # the split of --data (saved DatasetDict, folder of split files, hub dataset)
+    dataset_test_split: Optional[str] = "test"  # the split of --eval-data; without --eval-data, of --data ("none": off)
+    prompt_column: str = "prompt"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    system_column: Optional[str] = None  # its text becomes the conversation's system message
+    drop_duplicates: bool = False  # repeated pairs are kept (as TRL does) and counted; this drops the repeats
+    chat_template: Optional[str] = None  # a Jinja file that replaces the tokenizer's chat template
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # key=value ... passed to apply_chat_template
+
     # --- speed (each exact; switches exist so the benchmark can attribute each gain)
     precompute_ref_log_probs: bool = True  # cache reference log-probs once; the reference model is then freed
     ref_cache_dir: Optional[str] = None  # default: ~/.cache/tiltlm/ref
@@ -197,6 +209,8 @@ ALIASES = {
     "torch_dtype": "dtype",
     "resume_from_checkpoint": "resume",
     "padding_free": "packing",
+    "model_revision": "revision",
+    "chat_template_path": "chat_template",
 }
 
 
@@ -227,6 +241,8 @@ def coerce(name: str, value: Any) -> Any:
             return None
         typ = next(a for a in get_args(typ) if a is not type(None))
     try:
+        if get_origin(typ) is dict:
+            return _mapping(value)
         if get_origin(typ) is list:
             (inner,) = get_args(typ)
             items = value if isinstance(value, (list, tuple)) else str(value).split(",")
@@ -246,8 +262,26 @@ def coerce(name: str, value: Any) -> Any:
             return int(float(value)) if "e" in value.lower() else int(value)
         return typ(value)
     except (TypeError, ValueError):
-        tname = getattr(typ, "__name__", str(typ))
+        tname = "key=value items" if get_origin(typ) is dict else getattr(typ, "__name__", str(typ))
         raise ConfigError(f"option {name!r} expects {tname}, got {value!r}") from None
+
+
+def _mapping(value: Any) -> dict:
+    """A YAML mapping, or `key=value` items (a list, or one string): values are read as YAML scalars, so
+    `enable_thinking=false` gives False and `n=3` gives 3."""
+    if isinstance(value, dict):
+        return dict(value)
+    items = [value] if isinstance(value, str) else list(value)
+    out = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(item)
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = text
+    return out
 
 
 def load_config(config_file: Optional[str] = None, overrides: Optional[dict[str, Any]] = None) -> TrainConfig:

@@ -22,7 +22,9 @@ from ..model.loading import fingerprint, load_model, load_tokenizer
 from ..model.reference import CachedReference
 from ..parallel import comm
 from ..training.loop import train
+from ..training.setup import data_options
 from . import data, doctor, evaluate, explain, landscape, report
+from .data import TRAIN_OPTIONS as DATA_LAYOUT_OPTIONS
 
 # modules that register their own subcommands with add_cli(subparsers)
 SUBCOMMAND_MODULES = (data, explain, landscape, doctor, report, demo, evaluate)
@@ -50,7 +52,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                 metavar="BOOL", help=help_text)
             parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_const",
                                 const="false", help=argparse.SUPPRESS)
-        elif get_origin(typ) is list:
+        elif get_origin(typ) in (list, dict):  # several values (dict: key=value items)
             parser.add_argument(*_flag_names(f.name), dest=f.name, nargs="+", default=None, help=help_text)
         else:
             parser.add_argument(*_flag_names(f.name), dest=f.name, default=None, help=help_text)
@@ -113,16 +115,17 @@ def run_precompute_ref(args: argparse.Namespace) -> int:
     """Write the reference log-probs of every pair of a dataset to a readable table (Parquet or JSONL)."""
     cfg = load_config(args.config, {k: v for k, v in vars(args).items()
                                     if k in {f.name for f in dataclasses.fields(TrainConfig)} and v is not None})
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    _, pairs, stats = prepare_dataset(cfg.data, tokenizer, max_length=cfg.max_length,
-                                      max_prompt_length=cfg.max_prompt_length, prompt_delimiter=cfg.prompt_delimiter,
-                                      skip_invalid=cfg.skip_invalid)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+                               chat_template=cfg.chat_template, chat_template_kwargs=cfg.chat_template_kwargs)
+    _, pairs, stats = prepare_dataset(cfg.data, tokenizer, max_length=cfg.max_length, skip_invalid=cfg.skip_invalid,
+                                      split=cfg.dataset_train_split, **data_options(cfg))
     model = load_model(cfg.model, dtype=cfg.dtype, device=comm.resolve_device(cfg.device),
-                       trust_remote_code=cfg.trust_remote_code)
+                       trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     logps = score_pairs(model, pairs, batch_size=cfg.per_device_eval_batch_size, pad_token_id=tokenizer.pad_token_id,
                         chunk_size=cfg.logps_chunk_size)
     table = CachedReference([p.index for p in pairs], logps)
-    path = table.save(args.output, metadata={"model": cfg.model, "model_fingerprint": fingerprint(cfg.model),
+    fp = fingerprint(cfg.model, cfg.revision)
+    path = table.save(args.output, metadata={"model": cfg.model, "model_fingerprint": fp,
                                              "data": cfg.data, "max_length": cfg.max_length})
     print(f"wrote reference log-probs of {len(pairs)} pairs ({stats.get('truncated', 0)} truncated) to {path}")
     return 0
@@ -139,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("precompute-ref", help="write reference log-probs of a dataset to a Parquet/JSONL table")
     p.add_argument("--config")
     for name in ("model", "data", "max_length", "max_prompt_length", "dtype", "device", "per_device_eval_batch_size",
-                 "prompt_delimiter", "skip_invalid", "trust_remote_code"):
-        p.add_argument(*_flag_names(name), dest=name, default=None)
+                 "prompt_delimiter", "skip_invalid", "trust_remote_code", *DATA_LAYOUT_OPTIONS):
+        p.add_argument(*_flag_names(name), dest=name, default=None,
+                       nargs="+" if name == "chat_template_kwargs" else None)
     p.add_argument("--output", required=True, help="output file (.parquet or .jsonl)")
     p.set_defaults(func=run_precompute_ref)
     for module in SUBCOMMAND_MODULES:

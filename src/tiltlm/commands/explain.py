@@ -23,6 +23,7 @@ from ..data import prepare_dataset
 from ..errors import ConfigError
 from ..model.loading import load_model, load_tokenizer
 from ..rundir import CONFIG, PAIR_SCORES, RunDir
+from ..training.setup import data_options
 from ..types import PairLogps, as_text
 
 SEED_EXAMPLE = dict(logp_chosen=-3.5, logp_rejected=-6.0, ref_chosen=-4.0, ref_rejected=-5.0, beta=0.5)
@@ -185,15 +186,15 @@ def _stored_scores(run_dir: Path, index: int):
 
 def _score_now(run_dir: Path, cfg, index: int) -> dict:
     tokenizer = load_tokenizer(str(run_dir))
-    examples, pairs, _ = prepare_dataset(cfg.data, tokenizer, max_length=cfg.max_length,
-                                         max_prompt_length=cfg.max_prompt_length,
-                                         prompt_delimiter=cfg.prompt_delimiter, skip_invalid=True)
+    examples, pairs, _ = prepare_dataset(cfg.data, tokenizer, max_length=cfg.max_length, skip_invalid=True,
+                                         split=cfg.dataset_train_split, log=lambda _: None, **data_options(cfg))
     found = [(e, p) for e, p in zip(examples, pairs) if p.index == index]
     if not found:
         raise ConfigError(f"pair {index} is not a valid pair of {cfg.data} ({len(pairs)} valid pairs)")
     ex, pair = found[0]
     policy = score_pairs(load_model(str(run_dir), dtype=cfg.dtype), [pair], pad_token_id=tokenizer.pad_token_id)
-    ref = score_pairs(load_model(cfg.ref_model or cfg.model, dtype=cfg.dtype), [pair],
+    revision = cfg.revision if cfg.ref_model in (None, cfg.model) else None
+    ref = score_pairs(load_model(cfg.ref_model or cfg.model, dtype=cfg.dtype, revision=revision), [pair],
                       pad_token_id=tokenizer.pad_token_id)
     return dict(index=index, source=ex.source, prompt=as_text(ex.prompt), chosen=as_text(ex.chosen),
                 rejected=as_text(ex.rejected), policy_chosen=float(policy.chosen[0]),

@@ -5,19 +5,46 @@ standard/implicit         {"chosen": "The sky is blue.", "rejected": "The sky is
 conversational/explicit   {"prompt": [messages], "chosen": [assistant msg], "rejected": [assistant msg]}
 conversational/implicit   {"chosen": [full conversation], "rejected": [full conversation]}
 
-Extra columns are ignored. Implicit prompts are split off here (see `split_implicit_text`).
+Extra columns are ignored. Implicit prompts are split off here (see `split_implicit_text`). A string `prompt` next
+to full conversations (HuggingFaceH4/ultrafeedback_binarized) is ignored as TRL's extract_prompt does: the shared
+leading messages are the prompt. `Columns` maps other column names onto prompt/chosen/rejected, and a system
+column's text becomes the conversation's first (system) message (Intel/orca_dpo_pairs).
 """
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from ..types import PreferenceExample
 from .issues import RowIssue
 
 DEFAULT_DELIMITER = "\n\nAssistant:"
+_ROLE = re.compile(r"^(prompt|chosen|rejected)")
 FORMATS = ("standard/explicit", "standard/implicit", "conversational/explicit", "conversational/implicit")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which columns of a row hold the prompt, the two responses and (optionally) a system prompt."""
+
+    prompt: str = "prompt"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    system: Optional[str] = None
+
+    def renamed(self) -> dict[str, str]:
+        """{column in the file: the role it plays}, for the columns that are not the default names."""
+        given = {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+        out = {col: role for role, col in given.items() if col != role}
+        if self.system:
+            out[self.system] = "system"
+        return out
+
+
+DEFAULT_COLUMNS = Columns()
 
 
 def _is_messages(v: Any) -> bool:
@@ -77,22 +104,59 @@ def split_implicit_text(chosen: str, rejected: str, delimiter: Optional[str] = N
     return c if c > 0 else None
 
 
-def row_to_example(index: int, source: str, row: dict, *, prompt_delimiter: Optional[str] = None
-                   ) -> Union[tuple[PreferenceExample, str], RowIssue]:
+def row_to_example(index: int, source: str, row: dict, *, prompt_delimiter: Optional[str] = None,
+                   columns: Columns = DEFAULT_COLUMNS) -> Union[tuple[PreferenceExample, str], RowIssue]:
     """Build a PreferenceExample (and its format name) from one raw row, or return the first RowIssue."""
+    cols = {"prompt": columns.prompt, "chosen": columns.chosen, "rejected": columns.rejected}
     for key in ("chosen", "rejected"):
-        if key not in row or row[key] is None:
+        col = cols[key]
+        if col not in row or row[col] is None:
             have = ", ".join(sorted(map(str, row))) or "none"
-            return RowIssue(source, key, "missing_field", f"no {key!r} field (fields present: {have})")
-        if not isinstance(row[key], (str, list)):
-            return RowIssue(source, key, "wrong_type",
-                            f"{key} must be a string or a list of messages, got {type(row[key]).__name__}")
-    chosen, rejected = row["chosen"], row["rejected"]
-    prompt = row.get("prompt")
+            return RowIssue(source, col, "missing_field", f"no {col!r} field (fields present: {have})")
+        if not isinstance(row[col], (str, list)):
+            return RowIssue(source, col, "wrong_type",
+                            f"{col} must be a string or a list of messages, got {type(row[col]).__name__}")
+    system = row.get(columns.system) if columns.system else None
+    if system is not None and not isinstance(system, str):
+        return RowIssue(source, columns.system, "wrong_type", f"the system prompt must be a string, got "
+                                                              f"{type(system).__name__}")
+    out = _to_example(index, source, row[cols["chosen"]], row[cols["rejected"]], row.get(cols["prompt"]),
+                      prompt_delimiter)
+    if isinstance(out, RowIssue):  # name the file's column, not the role it plays
+        out.field = _ROLE.sub(lambda m: cols[m.group(1)], out.field)
+        return out
+    if not columns.system:
+        return out
+    return with_system(out[0], system or ""), out[1] + "+system"
+
+
+def with_system(ex: PreferenceExample, system: str) -> PreferenceExample:
+    """The example as a conversation (rendered by the chat template) that opens with `system` when it is not
+    blank: plain text becomes a user turn and two assistant turns, so every row of a file with a system column
+    is rendered the same way, with or without its system text. A prompt that opens with a system message keeps
+    its own."""
+    head = [{"role": "system", "content": system}] if system.strip() else []
+    if ex.conversational:
+        prompt = list(ex.prompt)
+        if prompt and prompt[0]["role"] == "system":
+            head = []
+        return PreferenceExample(ex.index, ex.source, head + prompt, ex.chosen, ex.rejected, conversational=True)
+    return PreferenceExample(ex.index, ex.source, head + [{"role": "user", "content": ex.prompt}],
+                             [{"role": "assistant", "content": ex.chosen}],
+                             [{"role": "assistant", "content": ex.rejected}], conversational=True)
+
+
+def _to_example(index: int, source: str, chosen, rejected, prompt, prompt_delimiter: Optional[str]
+                ) -> Union[tuple[PreferenceExample, str], RowIssue]:
     if prompt is not None and not isinstance(prompt, (str, list)):
         return RowIssue(source, "prompt", "wrong_type",
                         f"prompt must be a string or a list of messages, got {type(prompt).__name__}")
     conv = _is_messages(chosen)
+    if conv and _is_messages(rejected) and isinstance(prompt, str):
+        if chosen[:1] == rejected[:1] and chosen[:1]:
+            prompt = None  # ultrafeedback_binarized: full conversations + the prompt's text; TRL ignores the text
+        else:  # responses only: the text is the user's turn
+            prompt = [{"role": "user", "content": prompt}]
     for key, val in (("rejected", rejected), ("prompt", prompt)):
         if val is not None and _is_messages(val) != conv:
             kind = "a list of messages" if conv else "a string"

@@ -5,32 +5,38 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 from ..types import PreferenceExample, TokenizedPair
-from .formats import row_to_example
+from .formats import DEFAULT_COLUMNS, Columns, row_to_example
 from ..errors import DataError
 from .issues import RowIssue, summarize_issues
-from .readers import read_rows
+from .sources import read_rows
 from .tokenize import tokenize_examples
 from .validate import validate_examples
 
 
-def load_examples_with_formats(path: str, *, prompt_delimiter: Optional[str] = None
+def load_examples_with_formats(path: str, *, prompt_delimiter: Optional[str] = None, split: str = "train",
+                               columns: Columns = DEFAULT_COLUMNS
                                ) -> tuple[list[PreferenceExample], list[RowIssue], int, Counter]:
     """(examples, structural issues, number of rows read, Counter of format names)."""
     examples: list[PreferenceExample] = []
     issues: list[RowIssue] = []
     formats: Counter = Counter()
     rows = 0
-    for index, (source, row) in enumerate(read_rows(path)):
+    seen_object = False
+    for index, (source, row) in enumerate(read_rows(path, split)):
         if isinstance(row, RowIssue):
             issues.append(row)
             if row.kind != "empty_file":
                 rows += 1
             continue
+        if not seen_object:  # the first row of the file says which columns it has
+            _check_columns(path, row, columns)
+            seen_object = True
         rows += 1
-        out = row_to_example(index, source, row, prompt_delimiter=prompt_delimiter)
+        out = row_to_example(index, source, row, prompt_delimiter=prompt_delimiter, columns=columns)
         if isinstance(out, RowIssue):
             issues.append(out)
         else:
@@ -39,10 +45,20 @@ def load_examples_with_formats(path: str, *, prompt_delimiter: Optional[str] = N
     return examples, issues, rows, formats
 
 
-def load_examples(path: str, *, prompt_delimiter: Optional[str] = None
-                  ) -> tuple[list[PreferenceExample], list[RowIssue]]:
+def _check_columns(path: str, row: dict, columns: Columns) -> None:
+    """A column the user named must exist: its absence is one line about the file, not one issue per row."""
+    for col, role in columns.renamed().items():
+        if col not in row:
+            flag = f"--{role}-column"
+            raise DataError(f"{path}: no column {col!r} (given by {flag}); its columns: "
+                            f"{', '.join(map(str, row)) or 'none'}")
+
+
+def load_examples(path: str, *, prompt_delimiter: Optional[str] = None, split: str = "train",
+                  columns: Columns = DEFAULT_COLUMNS) -> tuple[list[PreferenceExample], list[RowIssue]]:
     """Read and normalise every row of `path`. Rows that cannot be read or normalised become RowIssues."""
-    examples, issues, _, _ = load_examples_with_formats(path, prompt_delimiter=prompt_delimiter)
+    examples, issues, _, _ = load_examples_with_formats(path, prompt_delimiter=prompt_delimiter, split=split,
+                                                        columns=columns)
     return examples, issues
 
 
@@ -77,25 +93,43 @@ def pair_stats(pairs: Sequence[TokenizedPair]) -> dict:
     }
 
 
-def check_file(path: str, tokenizer=None, *, max_length: Optional[int] = None,
-               max_prompt_length: Optional[int] = None, prompt_delimiter: Optional[str] = None):
-    """Everything `prepare_dataset` checks, without raising: (examples, pairs, issues, rows, formats).
+@dataclass
+class CheckedData:
+    """What `check_file` found. `examples` / `pairs`: the rows that will train (in the same order; pairs empty
+    without a tokenizer). `invalid`: malformed rows (refused without --skip-invalid). `duplicates`: repeats of an
+    earlier pair (kept unless drop_duplicates). `too_long`: prompts that leave no room under max_length (skipped)."""
 
-    `examples` and `pairs` hold only the rows without issues (pairs empty without a tokenizer)."""
-    examples, issues, rows, formats = load_examples_with_formats(path, prompt_delimiter=prompt_delimiter)
+    examples: list[PreferenceExample]
+    pairs: list[TokenizedPair]
+    invalid: list[RowIssue]
+    duplicates: list[RowIssue]
+    too_long: list[RowIssue]
+    rows: int
+    formats: Counter
+
+
+def check_file(path: str, tokenizer=None, *, max_length: Optional[int] = None,
+               max_prompt_length: Optional[int] = None, prompt_delimiter: Optional[str] = None,
+               split: str = "train", columns: Columns = DEFAULT_COLUMNS, drop_duplicates: bool = False,
+               chat_kwargs: Optional[dict] = None) -> CheckedData:
+    """Everything `prepare_dataset` checks, without raising for a bad row."""
+    examples, issues, rows, formats = load_examples_with_formats(path, prompt_delimiter=prompt_delimiter,
+                                                                 split=split, columns=columns)
     sem = validate_examples(examples)
-    issues = issues + sem
-    bad = {i.source for i in sem}
+    invalid = issues + [i for i in sem if i.kind != "duplicate_pair"]
+    bad = {i.source for i in invalid}
+    duplicates = [i for i in sem if i.kind == "duplicate_pair" and i.source not in bad]
+    if drop_duplicates:
+        bad |= {i.source for i in duplicates}
     examples = [e for e in examples if e.source not in bad]
     pairs: list[TokenizedPair] = []
+    too_long: list[RowIssue] = []
     if tokenizer is not None and examples:
-        pairs, tok_issues = tokenize_examples(examples, tokenizer, max_length=max_length or 10**9,
-                                              max_prompt_length=max_prompt_length)
-        if tok_issues:
-            issues += tok_issues
-            bad = {i.source for i in tok_issues}
-            examples = [e for e in examples if e.source not in bad]
-    return examples, pairs, issues, rows, formats
+        pairs, too_long = tokenize_examples(examples, tokenizer, max_length=max_length or 10**9,
+                                            max_prompt_length=max_prompt_length, chat_kwargs=chat_kwargs)
+        long = {i.source for i in too_long}
+        examples = [e for e in examples if e.source not in long]
+    return CheckedData(examples, pairs, invalid, duplicates, too_long, rows, formats)
 
 
 def write_skipped(path: str, issues: Sequence[RowIssue]) -> None:
@@ -108,30 +142,51 @@ def write_skipped(path: str, issues: Sequence[RowIssue]) -> None:
 
 def prepare_dataset(path: str, tokenizer, *, max_length: int, max_prompt_length: Optional[int] = None,
                     prompt_delimiter: Optional[str] = None, skip_invalid: bool = False,
-                    skipped_path: Optional[str] = None
+                    skipped_path: Optional[str] = None, split: str = "train", columns: Columns = DEFAULT_COLUMNS,
+                    drop_duplicates: bool = False, chat_kwargs: Optional[dict] = None,
+                    log: Callable[[str], None] = print
                     ) -> tuple[list[PreferenceExample], list[TokenizedPair], dict]:
-    """Load, validate and tokenise every row of `path` before training.
+    """Load, validate and tokenise every row of `path` (its `split`) before training.
 
-    With issues and not `skip_invalid`: raise DataError with a summary table. With `skip_invalid`: write each
-    rejected row's issues to `skipped_path` (JSONL: source, field, kind, reason) and continue with the rest.
-    Returns (valid examples, their TokenizedPairs in the same order, stats)."""
-    examples, pairs, issues, rows, formats = check_file(
-        path, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
-        prompt_delimiter=prompt_delimiter)
-    if issues and not skip_invalid:
-        raise DataError(summarize_issues(issues, rows=rows, path=path)
+    Malformed rows and not `skip_invalid`: raise DataError with a summary table. Repeated pairs are kept (TRL
+    trains on them) with a counted warning, or dropped with `drop_duplicates`. A prompt that alone leaves no room
+    under `max_length` is a length budget, not bad data: the pair is skipped with a counted warning. Every skipped
+    row is written to `skipped_path` (JSONL: source, field, kind, reason).
+    Returns (kept examples, their TokenizedPairs in the same order, stats)."""
+    c = check_file(path, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
+                   prompt_delimiter=prompt_delimiter, split=split, columns=columns,
+                   drop_duplicates=drop_duplicates, chat_kwargs=chat_kwargs)
+    if c.invalid and not skip_invalid:
+        raise DataError(summarize_issues(c.invalid, rows=c.rows, path=path)
                         + "\n\nFix these rows, or pass --skip-invalid to train on the valid rows only "
                           "(the others are written to skipped.jsonl).")
-    if not examples:
-        msg = summarize_issues(issues, rows=rows, path=path) if issues else f"{path}: no rows"
+    skipped = c.invalid + (c.duplicates if drop_duplicates else []) + c.too_long
+    if not c.examples:
+        msg = summarize_issues(skipped, rows=c.rows, path=path) if skipped else f"{path}: no rows"
         raise DataError(f"no valid preference pairs in {path}\n{msg}")
-    if skip_invalid and skipped_path is not None:
-        write_skipped(skipped_path, issues)
+    if skipped_path is not None and (skip_invalid or skipped):
+        write_skipped(skipped_path, skipped)
+    for line in _warnings(path, c, drop_duplicates, max_length):
+        log(line)
     first_kind: dict[str, str] = {}  # each skipped row counted once, under its first issue's kind
-    for i in issues:
+    for i in skipped:
         if i.kind != "empty_file":
             first_kind.setdefault(i.source, i.kind)
-    by_kind = Counter(first_kind.values())
-    stats = {"rows": rows, "valid": len(examples), "skipped": len(first_kind),
-             "skipped_by_kind": dict(by_kind), "format": format_name(formats), **pair_stats(pairs)}
-    return examples, pairs, stats
+    stats = {"rows": c.rows, "valid": len(c.examples), "skipped": len(first_kind),
+             "skipped_by_kind": dict(Counter(first_kind.values())), "duplicates": len(c.duplicates),
+             "format": format_name(c.formats), **pair_stats(c.pairs)}
+    return c.examples, c.pairs, stats
+
+
+def _warnings(path: str, c: CheckedData, drop_duplicates: bool, max_length: int) -> list[str]:
+    out = []
+    if c.duplicates:
+        what = "dropped (--drop-duplicates)" if drop_duplicates else \
+            "kept, as TRL does; --drop-duplicates removes them"
+        out.append(f"warning: {path}: {len(c.duplicates)} duplicate pairs {what}; first: {c.duplicates[0].source} "
+                   f"({c.duplicates[0].message})")
+    if c.too_long:
+        out.append(f"warning: {path}: skipped {len(c.too_long)} pairs whose prompt alone leaves no room under "
+                   f"--max-length {max_length} (first: {c.too_long[0].source}); raise --max-length, or set "
+                   "--max-prompt-length to keep the end of each prompt")
+    return out

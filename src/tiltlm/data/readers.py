@@ -1,6 +1,6 @@
-"""Read raw rows from JSONL / JSON / Parquet / CSV / TSV files or a `datasets.save_to_disk` folder.
+"""Read raw rows from one JSONL / JSON / Parquet / CSV / TSV file (folders and hub datasets: sources.py).
 
-`read_rows` yields ``(source, row_dict)`` or ``(source, RowIssue)``; it never raises for a bad row, only for a
+`read_file` yields ``(source, row_dict)`` or ``(source, RowIssue)``; it never raises for a bad row, only for a
 path it cannot read at all (`DataError`). Sources are "path:line" (1-based, header counted) for text files and
 "path#i" (0-based row index) for Parquet / datasets folders / JSON objects without line information.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Iterator, Union
@@ -38,14 +37,9 @@ def _read_text(path: Path) -> str:
     return raw.decode("utf-8", errors="surrogateescape")
 
 
-def read_rows(path: str) -> Iterator[tuple[str, Row]]:
-    """Yield the rows of a data file (or saved dataset folder), bad rows as RowIssue (see module doc)."""
+def read_file(path: str) -> Iterator[tuple[str, Row]]:
+    """Yield the rows of one data file, bad rows as RowIssue (see module doc)."""
     p = Path(path)
-    if not p.exists():
-        raise DataError(f"data file not found: {path}")
-    if p.is_dir():
-        yield from _read_saved_dataset(p, path)
-        return
     suffix = p.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r}; expected one of "
@@ -191,28 +185,3 @@ def _read_parquet(p: Path, path: str) -> Iterator[tuple[str, Row]]:
         raise DataError(f"{path}: cannot read Parquet file: {e}") from None
     for i, row in enumerate(table.to_pylist()):
         yield f"{path}#{i}", row
-
-
-def _read_saved_dataset(p: Path, path: str) -> Iterator[tuple[str, Row]]:
-    if not (p / "dataset_dict.json").exists() and not (p / "dataset_info.json").exists() \
-            and not (p / "state.json").exists():
-        raise DataError(f"{path}: a folder, but not one written by datasets' save_to_disk "
-                        "(no dataset_dict.json / state.json)")
-    import datasets
-
-    try:
-        ds = datasets.load_from_disk(os.fspath(p))
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"{path}: cannot load the saved dataset: {e}") from None
-    if isinstance(ds, datasets.DatasetDict):
-        if "train" not in ds:
-            raise DataError(f"{path}: a DatasetDict without a \"train\" split; it has: {', '.join(ds)}. "
-                            f"Point to one split folder, e.g. {os.path.join(path, next(iter(ds)))}")
-        ds = ds["train"]
-        path = os.path.join(path, "train")
-    n = 0
-    for i, row in enumerate(ds):
-        n += 1
-        yield f"{path}#{i}", dict(row)
-    if n == 0:
-        yield path, RowIssue(path, "", "empty_file", "the dataset contains no rows")

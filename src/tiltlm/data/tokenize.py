@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from ..types import PreferenceExample, TokenizedPair
-from ..errors import DataError
+from ..errors import DataError, first_line
 from .issues import RowIssue
 
 
@@ -52,20 +52,27 @@ def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def render_chat(ex: PreferenceExample, tokenizer) -> tuple[str, str, str]:
-    """(prompt with generation prompt, prompt+chosen, prompt+rejected) rendered by the chat template."""
+def render_chat(ex: PreferenceExample, tokenizer, chat_kwargs: Optional[dict] = None) -> tuple[str, str, str]:
+    """(prompt with generation prompt, prompt+chosen, prompt+rejected) rendered by the chat template;
+    `chat_kwargs` (e.g. enable_thinking=False) are the template's extra variables."""
     if not getattr(tokenizer, "chat_template", None):
         raise DataError("the data is conversational (lists of messages) but the tokenizer has no chat template; "
-                        "use a chat/instruct model's tokenizer or convert the data to plain text")
-    p = tokenizer.apply_chat_template(list(ex.prompt), add_generation_prompt=True, tokenize=False)
-    c = tokenizer.apply_chat_template(list(ex.prompt) + list(ex.chosen), tokenize=False)
-    r = tokenizer.apply_chat_template(list(ex.prompt) + list(ex.rejected), tokenize=False)
+                        "use a chat/instruct model's tokenizer, pass --chat-template FILE, or convert the data "
+                        "to plain text")
+    kw = chat_kwargs or {}
+    try:
+        p = tokenizer.apply_chat_template(list(ex.prompt), add_generation_prompt=True, tokenize=False, **kw)
+        c = tokenizer.apply_chat_template(list(ex.prompt) + list(ex.chosen), tokenize=False, **kw)
+        r = tokenizer.apply_chat_template(list(ex.prompt) + list(ex.rejected), tokenize=False, **kw)
+    except Exception as e:  # noqa: BLE001 - jinja2 errors, the template's own raise_exception(...)
+        raise DataError(f"{ex.source}: the chat template cannot render this pair: {type(e).__name__}: "
+                        f"{first_line(e)}") from None
     return p, c, r
 
 
-def _texts(ex: PreferenceExample, tokenizer) -> tuple[str, str, str]:
+def _texts(ex: PreferenceExample, tokenizer, chat_kwargs: Optional[dict] = None) -> tuple[str, str, str]:
     if ex.conversational:
-        return render_chat(ex, tokenizer)
+        return render_chat(ex, tokenizer, chat_kwargs)
     return ex.prompt, ex.prompt + ex.chosen, ex.prompt + ex.rejected
 
 
@@ -81,9 +88,10 @@ def _add_specials(ex: PreferenceExample, tokenizer, ids_p: list, ids_c: list, id
     return ids_p, ids_c, ids_r
 
 
-def full_token_ids(ex: PreferenceExample, tokenizer, *, bos: Optional[bool] = None) -> tuple[list, list, list]:
+def full_token_ids(ex: PreferenceExample, tokenizer, *, bos: Optional[bool] = None,
+                   chat_kwargs: Optional[dict] = None) -> tuple[list, list, list]:
     """Untruncated (prompt-only, full chosen, full rejected) ids, with the BOS/EOS policy of the module doc."""
-    p, c, r = _texts(ex, tokenizer)
+    p, c, r = _texts(ex, tokenizer, chat_kwargs)
     return _add_specials(ex, tokenizer, _encode(tokenizer, p), _encode(tokenizer, c), _encode(tokenizer, r),
                          adds_bos(tokenizer) if bos is None else bos)
 
@@ -113,22 +121,22 @@ def _split(ex: PreferenceExample, tokenizer, ids_p: list, ids_c: list, ids_r: li
 
 
 def tokenize_pair(ex: PreferenceExample, tokenizer, *, max_length: int, max_prompt_length: Optional[int] = None,
-                  _bos: Optional[bool] = None) -> TokenizedPair:
+                  chat_kwargs: Optional[dict] = None, _bos: Optional[bool] = None) -> TokenizedPair:
     """Exact-boundary TokenizedPair of one example (see module doc). Raises PromptTooLong / DataError."""
-    ids_p, ids_c, ids_r = full_token_ids(ex, tokenizer, bos=_bos)
+    ids_p, ids_c, ids_r = full_token_ids(ex, tokenizer, bos=_bos, chat_kwargs=chat_kwargs)
     return _split(ex, tokenizer, ids_p, ids_c, ids_r, max_length=max_length, max_prompt_length=max_prompt_length)
 
 
 def tokenize_examples(examples: Sequence[PreferenceExample], tokenizer, *, max_length: int,
-                      max_prompt_length: Optional[int] = None, batch_size: int = 256
-                      ) -> tuple[list[TokenizedPair], list[RowIssue]]:
+                      max_prompt_length: Optional[int] = None, chat_kwargs: Optional[dict] = None,
+                      batch_size: int = 256) -> tuple[list[TokenizedPair], list[RowIssue]]:
     """Tokenise many examples; pairs whose prompt is too long become `prompt_too_long` RowIssues."""
     bos = adds_bos(tokenizer)
     pairs: list[TokenizedPair] = []
     issues: list[RowIssue] = []
     for lo in range(0, len(examples), batch_size):
         chunk = examples[lo:lo + batch_size]
-        texts = [t for ex in chunk for t in _texts(ex, tokenizer)]
+        texts = [t for ex in chunk for t in _texts(ex, tokenizer, chat_kwargs)]
         enc = tokenizer(texts, add_special_tokens=False)["input_ids"]  # one batched call (fast tokenizers)
         for j, ex in enumerate(chunk):
             ids = _add_specials(ex, tokenizer, list(enc[3 * j]), list(enc[3 * j + 1]), list(enc[3 * j + 2]), bos)

@@ -1,4 +1,4 @@
-"""Load a local Hugging Face causal LM (folder or .gguf file) and its tokenizer; fingerprint it for caches."""
+"""Load a Hugging Face causal LM (local folder, .gguf file or hub name) and its tokenizer; fingerprint it for caches."""
 
 from __future__ import annotations
 
@@ -10,15 +10,22 @@ import torch
 
 from safetensors import SafetensorError
 
+from .. import hub
 from ..errors import ConfigError, first_line
 from . import attention
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def split_model_path(path: str) -> tuple[str, Optional[str]]:
-    """'dir/model.gguf' -> ('dir', 'model.gguf'); a folder -> (folder, None). Errors are user mistakes."""
-    p = Path(path).expanduser()
+def local_path(path: str, revision: Optional[str] = None) -> Path:
+    """A local path as given; a hub name `org/name` -> its snapshot folder in the hub cache (fetched if needed)."""
+    return Path(hub.snapshot(path, "model", revision) if hub.is_hub_name(path) else path).expanduser()
+
+
+def split_model_path(path: str, revision: Optional[str] = None) -> tuple[str, Optional[str]]:
+    """'dir/model.gguf' -> ('dir', 'model.gguf'); a folder -> (folder, None); a hub name `org/name` -> (its
+    snapshot folder in the hub cache, None). Errors are user mistakes."""
+    p = local_path(path, revision)
     if p.is_file() and p.suffix == ".gguf":
         return str(p.parent), p.name
     if p.is_dir():
@@ -27,15 +34,18 @@ def split_model_path(path: str) -> tuple[str, Optional[str]]:
                               "saved with save_pretrained, or a .gguf file)")
         return str(p), None
     if not p.exists():
-        raise ConfigError(f"model not found: {path} (tiltlm loads local folders and .gguf files only; "
-                          "nothing is downloaded)")
+        raise ConfigError(f"model not found: {path} (a local folder, a .gguf file, or a hub name org/name)")
     raise ConfigError(f"model path {path} is neither a model folder nor a .gguf file")
 
 
-def load_tokenizer(path: str, *, trust_remote_code: bool = False):
+def load_tokenizer(path: str, *, trust_remote_code: bool = False, revision: Optional[str] = None,
+                   chat_template: Optional[str] = None, chat_template_kwargs: Optional[dict] = None):
+    """The model's tokenizer (pad = EOS when it has no pad token). `chat_template`: a Jinja file that replaces the
+    tokenizer's template; the template in use is rendered once here with `chat_template_kwargs`, so a broken one
+    is one clear line before any data is read."""
     from transformers import AutoTokenizer
 
-    folder, gguf = split_model_path(path)
+    folder, gguf = split_model_path(path, revision)
     try:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
@@ -45,16 +55,42 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
             raise ConfigError(f"the tokenizer of {path} has neither a pad token nor an EOS token: set pad_token in "
                               "its tokenizer_config.json")
         tok.pad_token = tok.eos_token
+    if chat_template:
+        tok.chat_template = _read_template(chat_template)
+    if chat_template or chat_template_kwargs:
+        check_chat_template(tok, chat_template or f"the chat template of {path}", chat_template_kwargs or {})
     return tok
 
 
+def _read_template(path: str) -> str:
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"chat template file {path}: cannot read it: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"chat template file {path} is not UTF-8 text (expected a Jinja template)") from None
+
+
+def check_chat_template(tok, name: str, kwargs: dict) -> None:
+    """Render a two-turn conversation with the template (the user's kwargs included), or raise one line."""
+    if not getattr(tok, "chat_template", None):
+        raise ConfigError(f"--chat-template-kwargs given, but the tokenizer has no chat template ({name})")
+    convo = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    try:
+        tok.apply_chat_template(convo, tokenize=False, **kwargs)
+        tok.apply_chat_template(convo[:1], tokenize=False, add_generation_prompt=True, **kwargs)
+    except Exception as e:  # noqa: BLE001 - jinja2 syntax/undefined/raise_exception errors, bad kwargs
+        raise ConfigError(f"{name} does not render: {type(e).__name__}: {first_line(e)}") from None
+
+
 def load_model(path: str, *, dtype: str = "float32", device: str | torch.device = "cpu",
-               trust_remote_code: bool = False, attn_implementation: str = "auto") -> torch.nn.Module:
+               trust_remote_code: bool = False, attn_implementation: str = "auto",
+               revision: Optional[str] = None) -> torch.nn.Module:
     """`attn_implementation`: auto | sdpa | eager | flex_attention, resolved for `device` by model/attention.py
     (auto: FlexAttention for shared/packed rows on CUDA, SDPA otherwise); eager if the architecture has neither."""
     from transformers import AutoModelForCausalLM
 
-    folder, gguf = split_model_path(path)
+    folder, gguf = split_model_path(path, revision)
     kwargs = dict(gguf_file=gguf, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
     attn = attention.resolve(attn_implementation, device)
     try:
@@ -88,9 +124,9 @@ def disable_dropout(model: torch.nn.Module) -> None:
             setattr(model.config, name, 0.0)
 
 
-def fingerprint(path: str) -> str:
+def fingerprint(path: str, revision: Optional[str] = None) -> str:
     """Content hash of a model: config + weights (sha256 over file bytes). Used to key the reference cache."""
-    p = Path(path).expanduser()
+    p = local_path(path, revision)
     files = [p] if p.is_file() else sorted(
         f for f in p.iterdir() if f.suffix in (".json", ".safetensors", ".bin", ".gguf", ".model")
         and not f.name.startswith("trainer_state"))

@@ -20,7 +20,7 @@ from ..config import TrainConfig
 from ..core.batching import ModelBatch
 from ..core.logps import check_fast_path, score_pairs, token_logps
 from ..core.losses import needs_reference
-from ..data import prepare_dataset
+from ..data import Columns, available_splits, prepare_dataset
 from ..errors import ConfigError
 from ..model import lora
 from ..model.loading import fingerprint, load_model, load_tokenizer
@@ -54,14 +54,15 @@ class Setup:
 def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = print) -> Setup:
     device = comm.device(cfg.device)  # cuda:LOCAL_RANK under torchrun on GPUs
     torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+                               chat_template=cfg.chat_template, chat_template_kwargs=cfg.chat_template_kwargs)
     train_pairs, eval_pairs, examples = load_pairs(cfg, tokenizer, run, log)
 
     if cfg.attn_implementation == "flex_attention" and device.type != "cuda":
         raise ConfigError("--attn-implementation flex_attention needs CUDA (FlexAttention has no CPU backward in "
                           "torch 2.13); on CPU use auto or sdpa")
     model = load_model(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
-                       attn_implementation=cfg.attn_implementation)
+                       attn_implementation=cfg.attn_implementation, revision=cfg.revision)
     check_model_fits_pairs(model, [*train_pairs, *eval_pairs], cfg, log)
     problem = check_fast_path(model, train_pairs, pad_token_id=tokenizer.pad_token_id)
     if problem and (cfg.prefix_sharing or cfg.chunked_logps or cfg.packing):
@@ -97,7 +98,8 @@ def open_run_dir(cfg: TrainConfig) -> RunDir:
     world = comm.world()
     if world.is_main:
         try:
-            return RunDir.create(cfg.output_dir, inputs=(cfg.data, cfg.eval_data, cfg.model),
+            local = [x for x in (cfg.data, cfg.eval_data, cfg.model) if x and Path(x).expanduser().exists()]
+            return RunDir.create(cfg.output_dir, inputs=local,
                                  resume=bool(cfg.resume), overwrite=cfg.overwrite_output_dir)
         finally:
             comm.barrier()
@@ -109,15 +111,18 @@ def open_run_dir(cfg: TrainConfig) -> RunDir:
 
 
 def load_pairs(cfg: TrainConfig, tokenizer, run: RunDir, log: Callable) -> tuple[list, list, dict]:
-    """Training and eval pairs (eval from --eval-data, or a seeded --eval-split share of --data), all validated
-    and tokenised before any training; data_stats.json written. Returns (train, eval, examples by index)."""
-    kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-              prompt_delimiter=cfg.prompt_delimiter, skip_invalid=cfg.skip_invalid)
+    """Training and eval pairs (eval from --eval-data, else a seeded --eval-split share of --data, else the
+    --dataset-test-split split of --data when it has one), all validated and tokenised before any training;
+    data_stats.json written. Returns (train, eval, examples by index)."""
+    kw = dict(data_options(cfg), max_length=cfg.max_length, skip_invalid=cfg.skip_invalid, log=log)
     skipped = lambda name: str(run.file(name)) if run.writable else None  # noqa: E731
-    examples, pairs, stats = prepare_dataset(cfg.data, tokenizer, skipped_path=skipped(SKIPPED), **kw)
+    examples, pairs, stats = prepare_dataset(cfg.data, tokenizer, split=cfg.dataset_train_split,
+                                             skipped_path=skipped(SKIPPED), **kw)
     eval_examples, eval_pairs = [], []
-    if cfg.eval_data:
-        eval_examples, eval_pairs, eval_stats = prepare_dataset(cfg.eval_data, tokenizer,
+    eval_data = eval_source(cfg, log)
+    if eval_data:
+        eval_examples, eval_pairs, eval_stats = prepare_dataset(eval_data, tokenizer,
+                                                                split=cfg.dataset_test_split or "test",
                                                                 skipped_path=skipped(SKIPPED_EVAL), **kw)
         stats["eval"] = {k: eval_stats[k] for k in ("rows", "valid", "skipped", "truncated") if k in eval_stats}
         # eval pairs get their own index range so they never collide with training pairs in caches
@@ -138,6 +143,25 @@ def load_pairs(cfg: TrainConfig, tokenizer, run: RunDir, log: Callable) -> tuple
         f"{stats.get('truncated', 0)} truncated to max_length={cfg.max_length}")
     by_index = {e.index: e for e in [*examples, *eval_examples]}
     return pairs, eval_pairs, by_index
+
+
+def data_options(cfg: TrainConfig) -> dict:
+    """The options of `prepare_dataset` / `check_file` that come from the config (besides the split)."""
+    return dict(max_prompt_length=cfg.max_prompt_length, prompt_delimiter=cfg.prompt_delimiter,
+                columns=Columns(cfg.prompt_column, cfg.chosen_column, cfg.rejected_column, cfg.system_column),
+                drop_duplicates=cfg.drop_duplicates, chat_kwargs=cfg.chat_template_kwargs)
+
+
+def eval_source(cfg: TrainConfig, log: Callable) -> Optional[str]:
+    """--eval-data; or, with neither it nor --eval-split, --data itself when it has a --dataset-test-split split
+    (a DatasetDict, a folder of split files, a hub dataset): TRL's scripts evaluate on that split too."""
+    if cfg.eval_data or cfg.eval_split > 0:
+        return cfg.eval_data
+    test = cfg.dataset_test_split
+    if not test or test == cfg.dataset_train_split or test not in (available_splits(cfg.data) or []):
+        return None
+    log(f"eval: the {test!r} split of {cfg.data} (--dataset-test-split; --dataset-test-split none turns this off)")
+    return cfg.data
 
 
 def check_model_fits_pairs(model: torch.nn.Module, pairs: list, cfg: TrainConfig, log: Callable) -> None:
@@ -177,13 +201,14 @@ def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, token_
     it is scored in the policy's precision (`token_fn` and the cached pass run under the same autocast), so at
     step 0 policy = reference holds in bf16 too."""
     same_model = cfg.ref_model is None or cfg.ref_model == cfg.model
+    revision = cfg.revision if same_model else None  # --revision is --model's; another hub repo: its default
     if cfg.precompute_ref_log_probs:
         # at step 0 the policy IS the reference (a fresh LoRA adapter is zero; a continued one equals its frozen
         # copy): it scores the pairs before training, and no second model ever exists
         ref_model = policy_model if same_model else load_model(cfg.ref_model, dtype=cfg.dtype, device=device,
                                                                trust_remote_code=cfg.trust_remote_code,
                                                                attn_implementation=cfg.attn_implementation)
-        fp = lora.fingerprint(fingerprint(cfg.ref_model or cfg.model), cfg.lora_adapter)
+        fp = lora.fingerprint(fingerprint(cfg.ref_model or cfg.model, revision), cfg.lora_adapter)
         score = precision.wrap(functools.partial(_score_with_progress, ref_model, cfg, tokenizer.pad_token_id))
         reference, path, _ = cached_reference(score, fp, precision.tag, train_pairs, cache_dir=cfg.ref_cache_dir,
                                               log=log)
@@ -195,7 +220,8 @@ def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, token_
         live = LiveReference(policy_model, functools.partial(token_fn, policy_model), switch=lora.reference_weights)
     else:
         ref_model = load_model(cfg.ref_model or cfg.model, dtype=cfg.dtype, device=device,
-                               trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
+                               trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation,
+                               revision=revision)
         live = LiveReference(ref_model, strategy.wrap(ref_model, token_fn))
     return live, live
 
