@@ -17,6 +17,7 @@ from typing import Any, Iterator, Union
 
 from ..errors import DataError
 from .issues import RowIssue
+from .memory import InMemoryRows
 
 Row = Union[dict, RowIssue]
 _BAD_BYTES = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of undecodable bytes
@@ -38,8 +39,11 @@ def _read_text(path: Path) -> str:
     return raw.decode("utf-8", errors="surrogateescape")
 
 
-def read_rows(path: str) -> Iterator[tuple[str, Row]]:
+def read_rows(path: str | InMemoryRows) -> Iterator[tuple[str, Row]]:
     """Yield the rows of a data file (or saved dataset folder), bad rows as RowIssue (see module doc)."""
+    if isinstance(path, InMemoryRows):  # a dataset handed over in Python (tiltlm.train(train_dataset=...))
+        yield from path.rows()
+        return
     p = Path(path)
     if not p.exists():
         raise DataError(f"data file not found: {path}")

@@ -39,9 +39,15 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ConfigError(f"cannot load a tokenizer from {path}: {first_line(e)}") from None
-    if tok.pad_token_id is None:  # padding is always masked out; any id works, EOS is the convention (as TRL)
+    return with_pad_token(tok, path)
+
+
+def with_pad_token(tok, name: str):
+    """`tok`, given EOS as its pad token when it has none (padding is always masked out: any id works, EOS is the
+    convention, as in TRL)."""
+    if tok.pad_token_id is None:
         if tok.eos_token is None:
-            raise ConfigError(f"the tokenizer of {path} has neither a pad token nor an EOS token: set pad_token in "
+            raise ConfigError(f"the tokenizer of {name} has neither a pad token nor an EOS token: set pad_token in "
                               "its tokenizer_config.json")
         tok.pad_token = tok.eos_token
     return tok

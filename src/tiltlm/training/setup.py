@@ -9,9 +9,9 @@ was made.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -21,9 +21,11 @@ from ..core.batching import ModelBatch
 from ..core.logps import check_fast_path, score_pairs, token_logps
 from ..core.losses import needs_reference
 from ..data import prepare_dataset
+from ..data.memory import InMemoryRows
 from ..errors import ConfigError
 from ..model import lora
-from ..model.loading import fingerprint, load_model, load_tokenizer
+from ..model.in_memory import adopt, frozen_copy, state_fingerprint
+from ..model.loading import fingerprint, load_model, load_tokenizer, with_pad_token
 from ..model.reference import LiveReference, cached_reference
 from ..parallel import comm
 from ..parallel.strategy import Replicated
@@ -31,6 +33,18 @@ from ..rundir import DATA_STATS, REFERENCE, SKIPPED, SKIPPED_EVAL, RunDir
 from ..types import PairLogps
 
 Reference = Callable[[ModelBatch], PairLogps]
+
+
+@dataclass
+class Inputs:
+    """What a Python caller hands over instead of paths (`tiltlm.train(model=..., train_dataset=...)`), and where
+    each metrics record goes besides the run folder. Empty for the command line."""
+    model: Optional[torch.nn.Module] = None  # trained in place; cfg.model is then only its name
+    tokenizer: object = None
+    train_data: Optional[InMemoryRows] = None
+    eval_data: Optional[InMemoryRows] = None
+    callbacks: Sequence[Callable[[dict], None]] = ()  # each gets every metrics.jsonl record (rank 0)
+    command: Optional[str] = None  # how the run was launched, for the model card
 
 
 @dataclass
@@ -47,15 +61,26 @@ class Setup:
     examples: dict  # index -> PreferenceExample (for reports)
     reference: Optional[Reference]  # None for reference-free losses
     eval_reference: Optional[Reference]
+    inputs: Inputs = field(default_factory=Inputs)
 
 
-def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = print) -> Setup:
+def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = print,
+          inputs: Optional[Inputs] = None) -> Setup:
+    inputs = inputs or Inputs()
     device = comm.device(cfg.device)  # cuda:LOCAL_RANK under torchrun on GPUs
     torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    train_pairs, eval_pairs, examples = load_pairs(cfg, tokenizer, run, log)
+    tokenizer = (with_pad_token(inputs.tokenizer, "tokenizer=") if inputs.tokenizer is not None
+                 else load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code))
+    train_pairs, eval_pairs, examples = load_pairs(cfg, tokenizer, run, log, inputs)
 
-    model = load_model(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
+    if inputs.model is not None:
+        model = adopt(inputs.model, device)
+    else:
+        model = load_model(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
+    # an in-memory model's cache key hashes its weights: before LoRA injects its layers into them
+    in_memory_fp = state_fingerprint(model) if (inputs.model is not None and cfg.ref_model in (None, cfg.model) and
+                                                cfg.precompute_ref_log_probs and needs_reference(cfg.loss_type)
+                                                ) else None
     check_model_fits_pairs(model, [*train_pairs, *eval_pairs], cfg, log)
     problem = check_fast_path(model, train_pairs, pad_token_id=tokenizer.pad_token_id)
     if problem and (cfg.prefix_sharing or cfg.chunked_logps or cfg.packing):
@@ -72,18 +97,21 @@ def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = p
     reference = eval_reference = None
     if needs_reference(cfg.loss_type):
         reference, eval_reference = build_reference(cfg, strategy, model, token_fn, train_pairs, eval_pairs,
-                                                    tokenizer, device, run, log)
+                                                    tokenizer, device, run, log, in_memory=inputs.model is not None,
+                                                    in_memory_fp=in_memory_fp)
     policy = strategy.wrap(model, token_fn)  # after the (unsharded, distributed) reference pass
     log(strategy.describe())
     return Setup(cfg, run, strategy, device, tokenizer, model, policy, train_pairs, eval_pairs, examples,
-                 reference, eval_reference)
+                 reference, eval_reference, inputs)
 
 
-def open_run_dir(cfg: TrainConfig) -> RunDir:
+def open_run_dir(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> RunDir:
     """Rank 0 validates, locks and creates the folder while the others wait; they get a read-only view of it.
     Use it as a context manager: the lock is held until the run returns or fails."""
-    if not cfg.model or not cfg.data or not cfg.output_dir:
-        raise ConfigError("--model, --data and --output-dir are required")
+    inputs = inputs or Inputs()
+    if not (cfg.model or inputs.model is not None) or not (cfg.data or inputs.train_data) or not cfg.output_dir:
+        raise ConfigError("--model, --data and --output-dir are required (in Python: model=, train_dataset=, "
+                          "output_dir=)")
     world = comm.world()
     if world.is_main:
         try:
@@ -98,16 +126,21 @@ def open_run_dir(cfg: TrainConfig) -> RunDir:
     return RunDir(out, writable=False)
 
 
-def load_pairs(cfg: TrainConfig, tokenizer, run: RunDir, log: Callable) -> tuple[list, list, dict]:
+def load_pairs(cfg: TrainConfig, tokenizer, run: RunDir, log: Callable, inputs: Optional[Inputs] = None
+               ) -> tuple[list, list, dict]:
     """Training and eval pairs (eval from --eval-data, or a seeded --eval-split share of --data), all validated
     and tokenised before any training; data_stats.json written. Returns (train, eval, examples by index)."""
     kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
               prompt_delimiter=cfg.prompt_delimiter, skip_invalid=cfg.skip_invalid)
     skipped = lambda name: str(run.file(name)) if run.writable else None  # noqa: E731
-    examples, pairs, stats = prepare_dataset(cfg.data, tokenizer, skipped_path=skipped(SKIPPED), **kw)
+    inputs = inputs or Inputs()
+    data, eval_data = inputs.train_data or cfg.data, inputs.eval_data or cfg.eval_data  # in memory, or files
+    examples, pairs, stats = prepare_dataset(data, tokenizer, skipped_path=skipped(SKIPPED), **kw)
+    if isinstance(data, InMemoryRows):
+        stats["source"] = data.describe()
     eval_examples, eval_pairs = [], []
-    if cfg.eval_data:
-        eval_examples, eval_pairs, eval_stats = prepare_dataset(cfg.eval_data, tokenizer,
+    if eval_data:
+        eval_examples, eval_pairs, eval_stats = prepare_dataset(eval_data, tokenizer,
                                                                 skipped_path=skipped(SKIPPED_EVAL), **kw)
         stats["eval"] = {k: eval_stats[k] for k in ("rows", "valid", "skipped", "truncated") if k in eval_stats}
         # eval pairs get their own index range so they never collide with training pairs in caches
@@ -122,7 +155,7 @@ def load_pairs(cfg: TrainConfig, tokenizer, run: RunDir, log: Callable) -> tuple
         eval_pairs = [p for k, p in enumerate(pairs) if k in held]
         pairs = [p for k, p in enumerate(pairs) if k not in held]
     if not pairs:
-        raise ConfigError(f"no training pairs left in {cfg.data}")
+        raise ConfigError(f"no training pairs left in {data}")
     run.write_json(DATA_STATS, stats)
     log(f"data: {len(pairs)} training pairs, {len(eval_pairs)} eval pairs; {stats.get('skipped', 0)} skipped, "
         f"{stats.get('truncated', 0)} truncated to max_length={cfg.max_length}")
@@ -137,7 +170,7 @@ def check_model_fits_pairs(model: torch.nn.Module, pairs: list, cfg: TrainConfig
     rows = model.get_input_embeddings().num_embeddings
     top = max((max(p.prompt_ids + p.chosen_ids + p.rejected_ids) for p in pairs), default=-1)
     if top >= rows:
-        raise ConfigError(f"the tokenizer of {cfg.model} produces token id {top}, but the model's embedding has "
+        raise ConfigError(f"the tokenizer of {cfg.model or 'the model'} produces token id {top}, but the model's embedding has "
                           f"{rows} rows: the tokenizer does not belong to this model")
     context = getattr(model.config, "max_position_embeddings", None)
     longest = max((max(p.chosen_len, p.rejected_len) for p in pairs), default=0)
@@ -161,16 +194,18 @@ def enable_gradient_checkpointing(model: torch.nn.Module, enabled: bool, log: Ca
 
 
 def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, token_fn, train_pairs, eval_pairs, tokenizer,
-                    device, run: RunDir, log: Callable) -> tuple[Reference, Optional[Reference]]:
+                    device, run: RunDir, log: Callable, *, in_memory: bool = False, in_memory_fp: Optional[str] = None
+                    ) -> tuple[Reference, Optional[Reference]]:
     """(training reference, eval reference): cached log-probs, or a live model -- the policy with its adapter
-    off under LoRA, else a frozen copy of --ref-model / --model, held (and sharded) like the policy."""
+    off under LoRA, else a frozen copy of --ref-model / --model (or of the in-memory policy before training),
+    held (and sharded) like the policy. `in_memory_fp`: the cache key part of an in-memory policy."""
     same_model = cfg.ref_model is None or cfg.ref_model == cfg.model
     if cfg.precompute_ref_log_probs:
         # at step 0 the policy IS the reference (a fresh LoRA adapter is zero; a continued one equals its frozen
         # copy): it scores the pairs before training, and no second model ever exists
         ref_model = policy_model if same_model else load_model(cfg.ref_model, dtype=cfg.dtype, device=device,
                                                                trust_remote_code=cfg.trust_remote_code)
-        fp = lora.fingerprint(fingerprint(cfg.ref_model or cfg.model), cfg.lora_adapter)
+        fp = lora.fingerprint(in_memory_fp or fingerprint(cfg.ref_model or cfg.model), cfg.lora_adapter)
         score = functools.partial(_score_with_progress, ref_model, cfg, tokenizer.pad_token_id)
         reference, path, _ = cached_reference(score, fp, cfg.dtype, train_pairs, cache_dir=cfg.ref_cache_dir,
                                               log=log)
@@ -181,8 +216,8 @@ def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, token_
     if cfg.uses_lora and same_model:  # the policy itself, switched to its reference weights for the call
         live = LiveReference(policy_model, functools.partial(token_fn, policy_model), switch=lora.reference_weights)
     else:
-        ref_model = load_model(cfg.ref_model or cfg.model, dtype=cfg.dtype, device=device,
-                               trust_remote_code=cfg.trust_remote_code)
+        ref_model = frozen_copy(policy_model) if in_memory and same_model else load_model(
+            cfg.ref_model or cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
         live = LiveReference(ref_model, strategy.wrap(ref_model, token_fn))
     return live, live
 
