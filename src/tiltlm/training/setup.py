@@ -78,9 +78,8 @@ def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = p
     else:
         model = load_model(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
     # an in-memory model's cache key hashes its weights: before LoRA injects its layers into them
-    in_memory_fp = state_fingerprint(model) if (inputs.model is not None and cfg.ref_model in (None, cfg.model) and
-                                                cfg.precompute_ref_log_probs and needs_reference(cfg.loss_type)
-                                                ) else None
+    cached = cfg.precompute_ref_log_probs and needs_reference(cfg.loss_type) and cfg.ref_model in (None, cfg.model)
+    in_memory_fp = state_fingerprint(model) if inputs.model is not None and cached else None
     check_model_fits_pairs(model, [*train_pairs, *eval_pairs], cfg, log)
     problem = check_fast_path(model, train_pairs, pad_token_id=tokenizer.pad_token_id)
     if problem and (cfg.prefix_sharing or cfg.chunked_logps or cfg.packing):
@@ -109,7 +108,8 @@ def open_run_dir(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> RunDir:
     """Rank 0 validates, locks and creates the folder while the others wait; they get a read-only view of it.
     Use it as a context manager: the lock is held until the run returns or fails."""
     inputs = inputs or Inputs()
-    if not (cfg.model or inputs.model is not None) or not (cfg.data or inputs.train_data) or not cfg.output_dir:
+    if not (cfg.model or inputs.model is not None) or not (cfg.data or inputs.train_data is not None) \
+            or not cfg.output_dir:
         raise ConfigError("--model, --data and --output-dir are required (in Python: model=, train_dataset=, "
                           "output_dir=)")
     world = comm.world()
@@ -134,12 +134,13 @@ def load_pairs(cfg: TrainConfig, tokenizer, run: RunDir, log: Callable, inputs: 
               prompt_delimiter=cfg.prompt_delimiter, skip_invalid=cfg.skip_invalid)
     skipped = lambda name: str(run.file(name)) if run.writable else None  # noqa: E731
     inputs = inputs or Inputs()
-    data, eval_data = inputs.train_data or cfg.data, inputs.eval_data or cfg.eval_data  # in memory, or files
+    pick = lambda given, path: given if given is not None else path  # noqa: E731  (an empty dataset is given)
+    data, eval_data = pick(inputs.train_data, cfg.data), pick(inputs.eval_data, cfg.eval_data)  # memory, or files
     examples, pairs, stats = prepare_dataset(data, tokenizer, skipped_path=skipped(SKIPPED), **kw)
     if isinstance(data, InMemoryRows):
         stats["source"] = data.describe()
     eval_examples, eval_pairs = [], []
-    if eval_data:
+    if eval_data is not None:
         eval_examples, eval_pairs, eval_stats = prepare_dataset(eval_data, tokenizer,
                                                                 skipped_path=skipped(SKIPPED_EVAL), **kw)
         stats["eval"] = {k: eval_stats[k] for k in ("rows", "valid", "skipped", "truncated") if k in eval_stats}
@@ -170,8 +171,8 @@ def check_model_fits_pairs(model: torch.nn.Module, pairs: list, cfg: TrainConfig
     rows = model.get_input_embeddings().num_embeddings
     top = max((max(p.prompt_ids + p.chosen_ids + p.rejected_ids) for p in pairs), default=-1)
     if top >= rows:
-        raise ConfigError(f"the tokenizer of {cfg.model or 'the model'} produces token id {top}, but the model's embedding has "
-                          f"{rows} rows: the tokenizer does not belong to this model")
+        raise ConfigError(f"the tokenizer of {cfg.model or 'the model'} produces token id {top}, but the model's "
+                          f"embedding has {rows} rows: the tokenizer does not belong to this model")
     context = getattr(model.config, "max_position_embeddings", None)
     longest = max((max(p.chosen_len, p.rejected_len) for p in pairs), default=0)
     if isinstance(context, int) and longest > context:
