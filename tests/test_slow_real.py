@@ -40,7 +40,7 @@ def test_smollm2_dpo_on_hh_pairs(tmp_path):
                                  learning_rate=5e-6, per_device_train_batch_size=2, gradient_accumulation_steps=2,
                                  max_steps=2, progress=False, ref_cache_dir=str(tmp_path / "cache"),
                                  skip_invalid=True))
-    final = train(cfg, log=print)
+    final = train(cfg, log=print).metrics
     recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert recs[0]["loss"] == pytest.approx(0.693147, abs=1e-3)  # the real model is its own reference at step 0
     assert all(r["logps/chosen"] < 0 for r in recs)

@@ -26,7 +26,7 @@ def run(assets, tmp_path, name="run", **overrides):
                 learning_rate=1e-3, per_device_train_batch_size=4, max_steps=4, progress=False,
                 ref_cache_dir=str(tmp_path / "cache"), seed=0)
     opts.update(overrides)
-    final = train(load_config(None, opts), log=QUIET)
+    final = train(load_config(None, opts), log=QUIET).metrics
     records = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     return final, [r for r in records if "loss" in r], tmp_path / name
 

@@ -17,6 +17,7 @@ import yaml
 from .core.losses import parse_loss_types
 from .errors import ConfigError
 
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")  # --report-to (training/trackers/, one module each)
 
 @dataclass
 class TrainConfig:
@@ -98,7 +99,6 @@ class TrainConfig:
     save_total_limit: int = 2
     resume: Optional[str] = None  # auto | PATH to a checkpoint
     overwrite_output_dir: bool = False
-    report_to: str = "none"  # none | tensorboard
     doctor: bool = True  # live failure-mode checks (see README "The DPO doctor")
     max_nonfinite_steps: int = 3  # stop after this many consecutive non-finite steps
     progress: bool = True
@@ -115,6 +115,9 @@ class TrainConfig:
     sync_ref_model: bool = False  # TR-DPO: mix the policy into the (live) reference every ref_model_sync_steps
     ref_model_mixup_alpha: float = 0.6
     ref_model_sync_steps: int = 512
+
+    # --- trackers and the Python API (issue 12)
+    report_to: list[str] = field(default_factory=lambda: ["none"])  # none, or any of TRACKERS (several at once)
 
     # ------------------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -142,8 +145,7 @@ class TrainConfig:
         if self.attn_implementation not in ("auto", "sdpa", "eager", "flex_attention"):
             raise ConfigError(f"attn_implementation must be auto, sdpa, eager or flex_attention, got "
                               f"{self.attn_implementation!r}")
-        if self.report_to not in ("none", "tensorboard"):
-            raise ConfigError(f"report_to must be none or tensorboard, got {self.report_to!r}")
+        self.report_to = self._trackers()
         self._validate_dist_and_lora()
         return self
 
@@ -161,6 +163,16 @@ class TrainConfig:
     def mixed_precision(self) -> Optional[str]:
         """The autocast dtype's name under --bf16 / --fp16, else None."""
         return "bfloat16" if self.bf16 else "float16" if self.fp16 else None
+
+    def _trackers(self) -> list[str]:
+        """report_to as a list of tracker names, "none" dropped (a str from Python counts as one name)."""
+        given = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to or [])
+        names = [str(n).strip().lower() for n in given]
+        for n in names:
+            if n not in ("none", *TRACKERS):
+                raise ConfigError(f"report_to: unknown tracker {n!r}{_suggest(n, TRACKERS)}; choose none or "
+                                  f"any of {', '.join(TRACKERS)}")
+        return list(dict.fromkeys(n for n in names if n != "none")) or ["none"]
 
     @property
     def uses_lora(self) -> bool:

@@ -12,7 +12,8 @@ Training writes it (rank 0 only: other processes get a read-only view); `tilt do
     skipped.jsonl, skipped_eval.jsonl   rows left out by --skip-invalid, with the reason
     finished.json       written last, after the final model: the step and the options of the finished run
     checkpoints/        resumable checkpoints (training/checkpoint.py)
-    tensorboard/        --report-to tensorboard
+    tensorboard/, wandb/  --report-to tensorboard / wandb (their local files)
+    README.md           the model card (huggingface_hub ModelCard), written with the final model
     .lock               held (flock) by the live run that writes the folder; the kernel releases it when the
                         process ends, however it ends, so a crashed run never leaves the folder locked
 """
@@ -42,6 +43,7 @@ FINISHED = "finished.json"
 LOCK = ".lock"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
+MODEL_CARD = "README.md"
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -160,6 +162,9 @@ class RunDir:
             with writing(str(self.file(name))), open(self.file(name), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def write_text(self, name: str, text: str) -> None:
+        self._write(name, text)
+
     def write_records(self, name: str, records: Iterable[dict]) -> None:
         self._write(name, "".join(json.dumps(r) + "\n" for r in records))
 
@@ -203,4 +208,4 @@ class RunDir:
 
 
 __all__ = ["RunDir", "read_jsonl", "is_eval_record", "CONFIG", "METRICS", "DATA_STATS", "DOCTOR", "PAIR_SCORES",
-           "REFERENCE", "SKIPPED", "SKIPPED_EVAL", "FINISHED", "LOCK", "CHECKPOINTS", "TENSORBOARD"]
+           "REFERENCE", "SKIPPED", "SKIPPED_EVAL", "FINISHED", "LOCK", "CHECKPOINTS", "TENSORBOARD", "MODEL_CARD"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import subprocess
 import sys
 from typing import Optional, get_args, get_origin, get_type_hints
@@ -21,7 +22,7 @@ from ..errors import ConfigError, DataError, TrainingError, first_line
 from ..model.loading import fingerprint, load_model, load_tokenizer
 from ..model.reference import CachedReference
 from ..parallel import comm
-from ..training.loop import train
+from ..training.api import train
 from ..training.setup import data_options
 from . import data, doctor, evaluate, explain, landscape, report
 from .data import TRAIN_OPTIONS as DATA_LAYOUT_OPTIONS
@@ -96,7 +97,7 @@ def run_train(args: argparse.Namespace) -> int:
     if (args.nproc or 1) > 1 and "WORLD_SIZE" not in os.environ:  # --nproc N: re-run under torchrun
         return launch(strip_nproc(getattr(args, "argv", None) or sys.argv[1:]), args.nproc)
     try:
-        metrics = train(cfg)
+        metrics = train(cfg, command=shlex.join(["tilt", *(getattr(args, "argv", None) or sys.argv[1:])])).metrics
     except RuntimeError as e:
         if not comm.is_collective_failure(e):
             raise

@@ -19,6 +19,7 @@ from typing import Iterator, Optional
 from .. import hub
 from ..errors import DataError
 from .issues import RowIssue
+from .memory import InMemoryRows
 from .readers import SUFFIXES, Row, read_file
 
 _SAVED_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")
@@ -45,8 +46,11 @@ def available_splits(path: str) -> Optional[list[str]]:
     return list(_split_files(p, path))
 
 
-def read_rows(path: str, split: str = "train") -> Iterator[tuple[str, Row]]:
+def read_rows(path: str | InMemoryRows, split: str = "train") -> Iterator[tuple[str, Row]]:
     """Yield the rows of `path` (its `split` where it has splits), bad rows as RowIssue (see readers.py)."""
+    if isinstance(path, InMemoryRows):  # a dataset handed over in Python (tiltlm.train(train_dataset=...))
+        yield from path.rows()
+        return
     p = resolve(path)
     if p.is_file():
         yield from read_file(path if Path(path).expanduser().exists() else str(p))

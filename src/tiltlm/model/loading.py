@@ -50,15 +50,27 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False, revision: Opti
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ConfigError(f"cannot load a tokenizer from {path}: {first_line(e)}") from None
-    if tok.pad_token_id is None:  # padding is always masked out; any id works, EOS is the convention (as TRL)
+    return with_chat_template(with_pad_token(tok, path), chat_template, chat_template_kwargs, path)
+
+
+def with_pad_token(tok, name: str):
+    """`tok`, given EOS as its pad token when it has none (padding is always masked out: any id works, EOS is the
+    convention, as in TRL)."""
+    if tok.pad_token_id is None:
         if tok.eos_token is None:
-            raise ConfigError(f"the tokenizer of {path} has neither a pad token nor an EOS token: set pad_token in "
+            raise ConfigError(f"the tokenizer of {name} has neither a pad token nor an EOS token: set pad_token in "
                               "its tokenizer_config.json")
         tok.pad_token = tok.eos_token
+    return tok
+
+
+def with_chat_template(tok, chat_template: Optional[str], chat_template_kwargs: Optional[dict], name: str):
+    """`tok` with its chat template replaced by the Jinja file `chat_template` (if given), rendered once with
+    `chat_template_kwargs` so a broken template is one clear line before any data is read."""
     if chat_template:
         tok.chat_template = _read_template(chat_template)
     if chat_template or chat_template_kwargs:
-        check_chat_template(tok, chat_template or f"the chat template of {path}", chat_template_kwargs or {})
+        check_chat_template(tok, chat_template or f"the chat template of {name}", chat_template_kwargs or {})
     return tok
 
 

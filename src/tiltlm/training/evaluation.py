@@ -17,6 +17,7 @@ from ..model import lora
 from ..rundir import PAIR_SCORES
 from ..types import LossOutput, PairLogps, as_text
 from . import checkpoint as ckpt
+from .model_card import write_model_card
 from .reporting import Reporter
 from .setup import Setup
 from .step import forward_pairs
@@ -74,8 +75,8 @@ def score_row(index: int, example, policy: PairLogps, ref: Optional[PairLogps], 
 
 
 def finish_run(s: Setup, report: Reporter, hp: LossHParams, log: Callable, *, step: int, options: dict) -> None:
-    """Write pair_scores.jsonl, run the doctor's end-of-run checks, save the final model and tokenizer, and mark
-    the run finished (last, so a run killed before it is completed by `--resume auto`)."""
+    """Write pair_scores.jsonl, run the doctor's end-of-run checks, save the final model and tokenizer with its model
+    card, and mark the run finished (last, so a run killed before it is completed by `--resume auto`)."""
     scores = pair_scores(s, hp)
     state_dict = s.strategy.full_state_dict(s.model)  # gathered to rank 0 under FSDP (a collective)
     run = s.run
@@ -84,7 +85,18 @@ def finish_run(s: Setup, report: Reporter, hp: LossHParams, log: Callable, *, st
     run.write_records(PAIR_SCORES, scores)
     report.finish()
     save_final_model(s, state_dict, log)
+    write_card(s)
     run.mark_finished(step, options)
+
+
+def write_card(s: Setup) -> None:
+    """README.md beside the weights: names the base model and data as given (paths, or the in-memory objects)."""
+    given = s.inputs
+    base = s.cfg.model or getattr(given.model, "name_or_path", "") or "an in-memory model"
+    write_model_card(s.run, s.cfg.to_dict(), base_model=base,
+                     data=str(s.cfg.data or (given.train_data.describe() if given.train_data else "")),
+                     eval_label=s.cfg.eval_data or (given.eval_data.describe() if given.eval_data else None),
+                     adapter=lora.is_peft(s.model), command=given.command)
 
 
 def save_final_model(s: Setup, state_dict: Optional[dict], log: Callable) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from typing import NamedTuple, Optional
 
+import torch
 
 from ..config import TrainConfig
 from ..core.batching import step_pairs
@@ -22,27 +24,38 @@ from .evaluation import evaluate, finish_run
 from .optim import UpdateProbe, build_optimizer, total_steps
 from .precision import DTYPES, LossScaler
 from .reporting import Reporter
-from .setup import Setup, open_run_dir, setup
+from .setup import Inputs, Setup, open_run_dir, setup
 from .state import LoopState, NonfiniteGuard, StopSignals
 from .step import backward_step
 
 
+class Trained(NamedTuple):
+    metrics: dict  # the final metrics (the last train record and the last eval)
+    model: Optional[torch.nn.Module]  # the trained policy; None when a finished run was relaunched
+    tokenizer: object
+
+
 def train(cfg: TrainConfig, log=print) -> dict:
     """Train with `cfg`; returns the final metrics (and writes everything into cfg.output_dir)."""
+    return run_training(cfg, log).metrics
+
+
+def run_training(cfg: TrainConfig, log=print, inputs: Optional[Inputs] = None) -> Trained:
+    """Train with `cfg` (and what a Python caller handed over in `inputs`); everything goes into cfg.output_dir."""
     t_setup = time.perf_counter()
     cfg.validate()  # a TrainConfig built in Python gets the same checks as one from flags or YAML
     requested = cfg.to_dict()  # setup may turn fast paths off; a relaunch is compared with what was asked
     strategy = strategies.choose(cfg.dist, cfg.device, cfg.ddp_timeout,  # world size 1 = one process: same code
                                  compute_dtype=DTYPES.get(cfg.mixed_precision))
     log = comm.rank_zero(log)
-    with open_run_dir(cfg) as run:  # holds the folder's lock until the run returns or fails
+    with open_run_dir(cfg, inputs) as run:  # holds the folder's lock until the run returns or fails
         done = run.finished_step(requested) if cfg.resume else None
         if done is not None:  # a scheduler relaunching a finished run: nothing to redo, nothing to rewrite
             log(f"{cfg.output_dir}: already finished at step {done}; nothing to do")
-            return {"step": done, "already_finished": True}
-        s = setup(cfg, strategy, run, log=log)
+            return Trained({"step": done, "already_finished": True}, None, None)
+        s = setup(cfg, strategy, run, log=log, inputs=inputs)
         log(f"setup took {time.perf_counter() - t_setup:.1f}s")
-        return _train(s, requested, log)
+        return Trained(_train(s, requested, log), s.model, s.tokenizer)
 
 
 def _train(s: Setup, requested: dict, log) -> dict:
@@ -56,7 +69,7 @@ def _train(s: Setup, requested: dict, log) -> dict:
                          reference=moving_ref)
     if cfg.resume:
         state = resume(s, cfg.resume, checkpoint_kw, log) or state
-    report = Reporter.for_run(run, cfg, log, total_steps=steps, done_steps=state.step)
+    report = Reporter.for_run(run, cfg, log, total_steps=steps, done_steps=state.step, callbacks=s.inputs.callbacks)
     window, nonfinite, last, last_eval = MetricWindow(), NonfiniteGuard(cfg.max_nonfinite_steps), {}, {}
     probe = UpdateProbe(params, seed=cfg.seed)  # how much of each update the stored weights keep (doctor)
     hp = loss_hparams(cfg, bco_delta=state.rewards.value)
@@ -106,9 +119,13 @@ def _train(s: Setup, requested: dict, log) -> dict:
                 if cfg.save_steps > 0 and state.step % cfg.save_steps == 0:
                     save(s, state, checkpoint_kw, log)
                 report.step_done()
+        except BaseException:
+            report.close_trackers(ok=False)
+            raise
         finally:
             report.close()
     if stop.requested:
+        report.close_trackers(ok=False)
         save(s, state, checkpoint_kw, log)
         log(f"stopped by signal {stop.signal} at step {state.step}; resume with --resume auto")
         return {**last, "interrupted": True}

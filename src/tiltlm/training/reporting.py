@@ -1,17 +1,20 @@
-"""Where each metrics record goes: metrics.jsonl, TensorBoard, the progress bar, and the live DPO doctor.
+"""Where each metrics record goes: metrics.jsonl, the experiment trackers (`--report-to`), the Python callbacks,
+the progress bar, and the live DPO doctor (whose findings go to doctor.jsonl, the log and the trackers).
 
-Only rank 0 reports (other processes get a Reporter over a read-only RunDir: no files, no bar, no doctor).
+Only rank 0 reports (other processes get a Reporter over a read-only RunDir: no files, no trackers, no callbacks,
+no bar, no doctor).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..doctor.checks import Doctor, Finding
-from ..rundir import DATA_STATS, DOCTOR, METRICS, TENSORBOARD, RunDir, is_eval_record
+from ..rundir import DATA_STATS, DOCTOR, METRICS, RunDir, is_eval_record
+from .trackers import Tracker, open_trackers
 
 
 class _NoBar:
@@ -21,25 +24,27 @@ class _NoBar:
 
 
 class Reporter:
-    """`doctor`: the Doctor's options (beta, learning_rate, loss_types) to run it live, or None."""
+    """`doctor`: the Doctor's options (beta, learning_rate, loss_types) to run it live, or None. `trackers` and
+    `callbacks` get every record (callbacks a copy: what they do to it never reaches metrics.jsonl)."""
 
     def __init__(self, run: RunDir, *, log: Callable = print, doctor: Optional[dict] = None,
-                 tensorboard: bool = False, progress: bool = True, total_steps: int = 0, done_steps: int = 0):
+                 trackers: Sequence[Tracker] = (), callbacks: Sequence[Callable[[dict], None]] = (),
+                 progress: bool = True, total_steps: int = 0, done_steps: int = 0):
         self.run, self.log = run, log
+        self.trackers = list(trackers) if run.writable else []
+        self.callbacks = list(callbacks) if run.writable else []
         self.doctor = self._start_doctor(doctor) if doctor is not None and run.writable else None
-        self.tb = None
-        if tensorboard and run.writable:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run.file(TENSORBOARD)))
         self.bar = _NoBar()
         if progress and run.writable:
             self.bar = tqdm(total=total_steps, initial=done_steps, desc="dpo", unit="step", dynamic_ncols=True)
 
     @classmethod
-    def for_run(cls, run: RunDir, cfg: TrainConfig, log: Callable, *, total_steps: int, done_steps: int) -> "Reporter":
+    def for_run(cls, run: RunDir, cfg: TrainConfig, log: Callable, *, total_steps: int, done_steps: int,
+                callbacks: Sequence[Callable[[dict], None]] = ()) -> "Reporter":
         doctor = dict(beta=cfg.beta, learning_rate=cfg.learning_rate, loss_types=cfg.loss_type) if cfg.doctor else None
-        return cls(run, log=log, doctor=doctor, tensorboard=cfg.report_to == "tensorboard", progress=cfg.progress,
+        names = [n for n in cfg.report_to if n != "none"]
+        trackers = open_trackers(names, run.path, cfg.to_dict()) if run.writable else []
+        return cls(run, log=log, doctor=doctor, trackers=trackers, callbacks=callbacks, progress=cfg.progress,
                    total_steps=total_steps, done_steps=done_steps)
 
     def _start_doctor(self, options: dict) -> Doctor:
@@ -55,14 +60,20 @@ class Reporter:
     def _finding(self, finding: Finding) -> None:
         d = finding.to_dict()
         self.run.append(DOCTOR, d)
+        for tracker in self.trackers:
+            tracker.finding(d)
         self.log(f"doctor [{d['severity']}] {d['check']} at step {d['step']}: {d['message']}  Fix: {d['fix']}")
 
-    def train_record(self, record: dict) -> None:
+    def _record(self, record: dict) -> None:
+        """metrics.jsonl, then the trackers and the callbacks: all of them get the same record."""
         self.run.append(METRICS, record)
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(k, v, record["step"])
+        for tracker in self.trackers:
+            tracker.log(record)
+        for callback in self.callbacks:
+            callback(dict(record))
+
+    def train_record(self, record: dict) -> None:
+        self._record(record)
         self.bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}",
                              acc=f"{record.get('rewards/accuracies', float('nan')):.2f}",
                              margin=f"{record.get('rewards/margins', float('nan')):+.3f}",
@@ -71,7 +82,7 @@ class Reporter:
             self._finding(finding)
 
     def eval_record(self, record: dict) -> dict:
-        self.run.append(METRICS, record)
+        self._record(record)
         self.log(" ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float)))
         for finding in self.doctor.observe_eval(record) if self.doctor is not None else []:
             self._finding(finding)
@@ -81,12 +92,18 @@ class Reporter:
         self.bar.update(1)
 
     def finish(self) -> None:
+        """The end of a finished run: the doctor's last checks, then the trackers are closed."""
         for finding in self.doctor.finish() if self.doctor is not None else []:
             self._finding(finding)
         self.close()
+        self.close_trackers(ok=True)
 
     def close(self) -> None:
+        """The progress bar (the loop closes it however the steps end; the trackers stay open for the final eval)."""
         self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = None
+
+    def close_trackers(self, ok: bool) -> None:
+        """Closed once; `ok=False`: the run was interrupted or failed (trackers that keep a status record it)."""
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close(ok=ok)

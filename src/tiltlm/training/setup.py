@@ -9,9 +9,9 @@ was made.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -21,9 +21,11 @@ from ..core.batching import ModelBatch
 from ..core.logps import check_fast_path, score_pairs, token_logps
 from ..core.losses import needs_reference
 from ..data import Columns, available_splits, prepare_dataset
+from ..data.memory import InMemoryRows
 from ..errors import ConfigError
 from ..model import lora
-from ..model.loading import fingerprint, load_model, load_tokenizer
+from ..model.in_memory import adopt, frozen_copy, state_fingerprint
+from ..model.loading import fingerprint, load_model, load_tokenizer, with_chat_template, with_pad_token
 from ..model.reference import LiveReference, cached_reference
 from ..parallel import comm
 from ..parallel.strategy import Replicated
@@ -32,6 +34,18 @@ from ..types import PairLogps
 from .precision import Precision, half_precision_warning
 
 Reference = Callable[[ModelBatch], PairLogps]
+
+
+@dataclass
+class Inputs:
+    """What a Python caller hands over instead of paths (`tiltlm.train(model=..., train_dataset=...)`), and where
+    each metrics record goes besides the run folder. Empty for the command line."""
+    model: Optional[torch.nn.Module] = None  # trained in place; cfg.model is then only its name
+    tokenizer: object = None
+    train_data: Optional[InMemoryRows] = None
+    eval_data: Optional[InMemoryRows] = None
+    callbacks: Sequence[Callable[[dict], None]] = ()  # each gets every metrics.jsonl record (rank 0)
+    command: Optional[str] = None  # how the run was launched, for the model card
 
 
 @dataclass
@@ -49,20 +63,33 @@ class Setup:
     examples: dict  # index -> PreferenceExample (for reports)
     reference: Optional[Reference]  # None for reference-free losses
     eval_reference: Optional[Reference]
+    inputs: Inputs = field(default_factory=Inputs)
 
 
-def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = print) -> Setup:
+def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = print,
+          inputs: Optional[Inputs] = None) -> Setup:
+    inputs = inputs or Inputs()
     device = comm.device(cfg.device)  # cuda:LOCAL_RANK under torchrun on GPUs
     torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
-                               chat_template=cfg.chat_template, chat_template_kwargs=cfg.chat_template_kwargs)
-    train_pairs, eval_pairs, examples = load_pairs(cfg, tokenizer, run, log)
+    if inputs.tokenizer is not None:
+        tokenizer = with_chat_template(with_pad_token(inputs.tokenizer, "tokenizer="), cfg.chat_template,
+                                       cfg.chat_template_kwargs, "tokenizer=")
+    else:
+        tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+                                   chat_template=cfg.chat_template, chat_template_kwargs=cfg.chat_template_kwargs)
+    train_pairs, eval_pairs, examples = load_pairs(cfg, tokenizer, run, log, inputs)
 
     if cfg.attn_implementation == "flex_attention" and device.type != "cuda":
         raise ConfigError("--attn-implementation flex_attention needs CUDA (FlexAttention has no CPU backward in "
                           "torch 2.13); on CPU use auto or sdpa")
-    model = load_model(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
-                       attn_implementation=cfg.attn_implementation, revision=cfg.revision)
+    if inputs.model is not None:
+        model = adopt(inputs.model, device)
+    else:
+        model = load_model(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
+                           attn_implementation=cfg.attn_implementation, revision=cfg.revision)
+    # an in-memory model's cache key hashes its weights: before LoRA injects its layers into them
+    cached = cfg.precompute_ref_log_probs and needs_reference(cfg.loss_type) and cfg.ref_model in (None, cfg.model)
+    in_memory_fp = state_fingerprint(model) if inputs.model is not None and cached else None
     check_model_fits_pairs(model, [*train_pairs, *eval_pairs], cfg, log)
     problem = check_fast_path(model, train_pairs, pad_token_id=tokenizer.pad_token_id)
     if problem and (cfg.prefix_sharing or cfg.chunked_logps or cfg.packing):
@@ -83,18 +110,22 @@ def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = p
     reference = eval_reference = None
     if needs_reference(cfg.loss_type):
         reference, eval_reference = build_reference(cfg, strategy, model, token_fn, precision, train_pairs,
-                                                    eval_pairs, tokenizer, device, run, log)
+                                                    eval_pairs, tokenizer, device, run, log,
+                                                    in_memory=inputs.model is not None, in_memory_fp=in_memory_fp)
     policy = strategy.wrap(model, token_fn)  # after the (unsharded, distributed) reference pass
     log(f"{strategy.describe()}; {precision.describe()}")
     return Setup(cfg, run, strategy, device, precision, tokenizer, model, policy, train_pairs, eval_pairs,
-                 examples, reference, eval_reference)
+                 examples, reference, eval_reference, inputs)
 
 
-def open_run_dir(cfg: TrainConfig) -> RunDir:
+def open_run_dir(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> RunDir:
     """Rank 0 validates, locks and creates the folder while the others wait; they get a read-only view of it.
     Use it as a context manager: the lock is held until the run returns or fails."""
-    if not cfg.model or not cfg.data or not cfg.output_dir:
-        raise ConfigError("--model, --data and --output-dir are required")
+    inputs = inputs or Inputs()
+    if not (cfg.model or inputs.model is not None) or not (cfg.data or inputs.train_data is not None) \
+            or not cfg.output_dir:
+        raise ConfigError("--model, --data and --output-dir are required (in Python: model=, train_dataset=, "
+                          "output_dir=)")
     world = comm.world()
     if world.is_main:
         try:
@@ -110,17 +141,22 @@ def open_run_dir(cfg: TrainConfig) -> RunDir:
     return RunDir(out, writable=False)
 
 
-def load_pairs(cfg: TrainConfig, tokenizer, run: RunDir, log: Callable) -> tuple[list, list, dict]:
-    """Training and eval pairs (eval from --eval-data, else a seeded --eval-split share of --data, else the
-    --dataset-test-split split of --data when it has one), all validated and tokenised before any training;
-    data_stats.json written. Returns (train, eval, examples by index)."""
+def load_pairs(cfg: TrainConfig, tokenizer, run: RunDir, log: Callable, inputs: Optional[Inputs] = None
+               ) -> tuple[list, list, dict]:
+    """Training and eval pairs (eval from --eval-data / eval_dataset=, else a seeded --eval-split share of the
+    training data, else the --dataset-test-split split of --data when it has one), all validated and tokenised
+    before any training; data_stats.json written. Returns (train, eval, examples by index)."""
     kw = dict(data_options(cfg), max_length=cfg.max_length, skip_invalid=cfg.skip_invalid, log=log)
     skipped = lambda name: str(run.file(name)) if run.writable else None  # noqa: E731
-    examples, pairs, stats = prepare_dataset(cfg.data, tokenizer, split=cfg.dataset_train_split,
+    inputs = inputs or Inputs()
+    data = inputs.train_data if inputs.train_data is not None else cfg.data  # in memory, or a path / hub name
+    examples, pairs, stats = prepare_dataset(data, tokenizer, split=cfg.dataset_train_split,
                                              skipped_path=skipped(SKIPPED), **kw)
+    if isinstance(data, InMemoryRows):
+        stats["source"] = data.describe()
     eval_examples, eval_pairs = [], []
-    eval_data = eval_source(cfg, log)
-    if eval_data:
+    eval_data = inputs.eval_data if inputs.eval_data is not None else eval_source(cfg, log)
+    if eval_data is not None:
         eval_examples, eval_pairs, eval_stats = prepare_dataset(eval_data, tokenizer,
                                                                 split=cfg.dataset_test_split or "test",
                                                                 skipped_path=skipped(SKIPPED_EVAL), **kw)
@@ -137,7 +173,7 @@ def load_pairs(cfg: TrainConfig, tokenizer, run: RunDir, log: Callable) -> tuple
         eval_pairs = [p for k, p in enumerate(pairs) if k in held]
         pairs = [p for k, p in enumerate(pairs) if k not in held]
     if not pairs:
-        raise ConfigError(f"no training pairs left in {cfg.data}")
+        raise ConfigError(f"no training pairs left in {data}")
     run.write_json(DATA_STATS, stats)
     log(f"data: {len(pairs)} training pairs, {len(eval_pairs)} eval pairs; {stats.get('skipped', 0)} skipped, "
         f"{stats.get('truncated', 0)} truncated to max_length={cfg.max_length}")
@@ -155,7 +191,7 @@ def data_options(cfg: TrainConfig) -> dict:
 def eval_source(cfg: TrainConfig, log: Callable) -> Optional[str]:
     """--eval-data; or, with neither it nor --eval-split, --data itself when it has a --dataset-test-split split
     (a DatasetDict, a folder of split files, a hub dataset): TRL's scripts evaluate on that split too."""
-    if cfg.eval_data or cfg.eval_split > 0:
+    if cfg.eval_data or cfg.eval_split > 0 or not cfg.data:
         return cfg.eval_data
     test = cfg.dataset_test_split
     if not test or test == cfg.dataset_train_split or test not in (available_splits(cfg.data) or []):
@@ -171,8 +207,8 @@ def check_model_fits_pairs(model: torch.nn.Module, pairs: list, cfg: TrainConfig
     rows = model.get_input_embeddings().num_embeddings
     top = max((max(p.prompt_ids + p.chosen_ids + p.rejected_ids) for p in pairs), default=-1)
     if top >= rows:
-        raise ConfigError(f"the tokenizer of {cfg.model} produces token id {top}, but the model's embedding has "
-                          f"{rows} rows: the tokenizer does not belong to this model")
+        raise ConfigError(f"the tokenizer of {cfg.model or 'the model'} produces token id {top}, but the model's "
+                          f"embedding has {rows} rows: the tokenizer does not belong to this model")
     context = getattr(model.config, "max_position_embeddings", None)
     longest = max((max(p.chosen_len, p.rejected_len) for p in pairs), default=0)
     if isinstance(context, int) and longest > context:
@@ -195,11 +231,13 @@ def enable_gradient_checkpointing(model: torch.nn.Module, enabled: bool, log: Ca
 
 
 def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, token_fn, precision: Precision, train_pairs,
-                    eval_pairs, tokenizer, device, run: RunDir, log: Callable) -> tuple[Reference, Optional[Reference]]:
+                    eval_pairs, tokenizer, device, run: RunDir, log: Callable, *, in_memory: bool = False,
+                    in_memory_fp: Optional[str] = None) -> tuple[Reference, Optional[Reference]]:
     """(training reference, eval reference): cached log-probs, or a live model -- the policy with its adapter
-    off under LoRA, else a frozen copy of --ref-model / --model, held (and sharded) like the policy. Either way
-    it is scored in the policy's precision (`token_fn` and the cached pass run under the same autocast), so at
-    step 0 policy = reference holds in bf16 too."""
+    off under LoRA, else a frozen copy of --ref-model / --model (or of the in-memory policy before training),
+    held (and sharded) like the policy. Either way it is scored in the policy's precision (`token_fn` and the
+    cached pass run under the same autocast), so at step 0 policy = reference holds in bf16 too.
+    `in_memory_fp`: the cache key part of an in-memory policy."""
     same_model = cfg.ref_model is None or cfg.ref_model == cfg.model
     revision = cfg.revision if same_model else None  # --revision is --model's; another hub repo: its default
     if cfg.precompute_ref_log_probs:
@@ -208,7 +246,7 @@ def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, token_
         ref_model = policy_model if same_model else load_model(cfg.ref_model, dtype=cfg.dtype, device=device,
                                                                trust_remote_code=cfg.trust_remote_code,
                                                                attn_implementation=cfg.attn_implementation)
-        fp = lora.fingerprint(fingerprint(cfg.ref_model or cfg.model, revision), cfg.lora_adapter)
+        fp = lora.fingerprint(in_memory_fp or fingerprint(cfg.ref_model or cfg.model, revision), cfg.lora_adapter)
         score = precision.wrap(functools.partial(_score_with_progress, ref_model, cfg, tokenizer.pad_token_id))
         reference, path, _ = cached_reference(score, fp, precision.tag, train_pairs, cache_dir=cfg.ref_cache_dir,
                                               log=log)
@@ -219,9 +257,9 @@ def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, token_
     if cfg.uses_lora and same_model:  # the policy itself, switched to its reference weights for the call
         live = LiveReference(policy_model, functools.partial(token_fn, policy_model), switch=lora.reference_weights)
     else:
-        ref_model = load_model(cfg.ref_model or cfg.model, dtype=cfg.dtype, device=device,
-                               trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation,
-                               revision=revision)
+        ref_model = frozen_copy(policy_model) if in_memory and same_model else load_model(
+            cfg.ref_model or cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
+            attn_implementation=cfg.attn_implementation, revision=revision)
         live = LiveReference(ref_model, strategy.wrap(ref_model, token_fn))
     return live, live
 
