@@ -495,9 +495,14 @@ def main(argv=None) -> int:
                 print(f"  {row['seconds_per_step']:.2f} s/step, {row['pairs_per_s']:.2f} pairs/s, "
                       f"peak RSS {row['peak_rss_mb']:.0f} MB, {100 * row['fraction_of_matmul_peak']:.1f}% of the "
                       f"{row['precision']} matmul rate, whole process {row['process_wall_s']:.0f} s", flush=True)
-    (out_dir / "bench.json").write_text(json.dumps(result, indent=1))
-    md = markdown(result)
-    (out_dir / "bench.md").write_text(md)
+    return write_results(out_dir, "bench", result, markdown)
+
+
+def write_results(out_dir: Path, stem: str, result: dict, to_markdown) -> int:
+    """OUT/STEM.json and OUT/STEM.md (printed too); the exit code: 1 if any configuration failed."""
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    md = to_markdown(result)
+    (out_dir / f"{stem}.md").write_text(md)
     print(md)
     return 1 if result["failures"] else 0
 

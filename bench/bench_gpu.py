@@ -259,11 +259,7 @@ def main(argv=None) -> int:
                 result["rows"].append(row)
                 print(f"  {row['median_step_s']:.3f} s/step, {row['useful_tokens_per_s']:,.0f} tok/s, "
                       f"MFU {100 * row['mfu']:.1f}%, peak {row['cuda_peak_mb']:,.0f} MB", flush=True)
-    (out_dir / "bench_gpu.json").write_text(json.dumps(result, indent=1))
-    md = markdown(result)
-    (out_dir / "bench_gpu.md").write_text(md)
-    print(md)
-    return 1 if result["failures"] else 0
+    return bench_dpo.write_results(out_dir, "bench_gpu", result, markdown)
 
 
 if __name__ == "__main__":

@@ -31,19 +31,12 @@ from tiltlm.core.logps import completion_logps
 from tiltlm.model import attention
 from tiltlm.training.checkpoint import rng_state, set_rng_state
 
-from tiny_models import random_pairs, tiny_model, tiny_model_dir, write_pairs
+from tiny_models import LAYOUTS, random_pairs, tiny_model, tiny_model_dir, write_pairs
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (pytest -m gpu on one)")]
 
 QUIET = lambda *a, **k: None  # noqa: E731
-LAYOUTS = {  # name: (prefix_sharing, packing, chunked)
-    "plain": (False, False, False),
-    "chunked": (False, False, True),
-    "prefix": (True, False, False),
-    "packed": (False, True, False),
-    "prefix+packed+chunked": (True, True, True),
-}
 TOL = {"fp32": dict(atol=1e-4, rtol=1e-4, grad=1e-4), "bf16": dict(atol=5e-2, rtol=2e-2, grad=5e-2)}
 
 

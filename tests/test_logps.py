@@ -10,15 +10,7 @@ from tiltlm.core.batching import collate, micro_batches
 from tiltlm.core.logps import completion_logps, score_pairs
 from tiltlm.types import TokenizedPair
 
-from tiny_models import naive_logps, random_pairs, seed_response_logprob, tiny_model
-
-LAYOUTS = {  # name: (prefix_sharing, packing, chunked)
-    "plain": (False, False, False),
-    "chunked": (False, False, True),
-    "prefix": (True, False, False),
-    "packed": (False, True, False),
-    "prefix+packed+chunked": (True, True, True),
-}
+from tiny_models import LAYOUTS, naive_logps, random_pairs, seed_response_logprob, tiny_model
 
 
 def layout_logps(model, pairs, prefix, packed, chunked, chunk_size=7):

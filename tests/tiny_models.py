@@ -9,6 +9,15 @@ from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaCo
 
 from tiltlm.types import TokenizedPair
 
+# the batch layouts every fast-path equality test runs through (CPU: test_logps.py, CUDA: test_gpu.py)
+LAYOUTS = {  # name: (prefix_sharing, packing, chunked)
+    "plain": (False, False, False),
+    "chunked": (False, False, True),
+    "prefix": (True, False, False),
+    "packed": (False, True, False),
+    "prefix+packed+chunked": (True, True, True),
+}
+
 VOCAB = 97
 
 

@@ -20,7 +20,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from ..model.loading import DTYPES
+
 
 
 @dataclass(frozen=True)
