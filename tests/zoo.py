@@ -12,13 +12,23 @@ and cut to the smallest layer count that still holds every kind of layer (Gemma 
 Composite configs (a `text_config` next to a vision / audio tower) are built as the class the mapping names, with
 every sub-config shrunk the same way; input is text only.
 
-Skipped architectures (`SKIPS`, each with its reason; `build` returns a `Skip`):
+Skipped architectures (`SKIPS`; `build` returns `Skip(reason)`; tests/test_zoo.py checks this table lists them):
 
-======================  =============================================================================
-model_type              why there is no tiny model of it here
-======================  =============================================================================
-(see SKIPS below: the table is the dict, printed by `python tools/zoo_survey.py --skips`)
-======================  =============================================================================
+========================  ==========================================================================================
+model_type                why there is no tiny model of it here
+========================  ==========================================================================================
+gemma3n                   its vision tower is timm's (TimmWrapperModel) and timm is not installed; the text decoder
+                          is in the zoo as gemma3n_text
+gemma4_assistant          a speculative-decoding drafter: every layer reuses the keys/values of a separate target
+                          model (num_kv_shared_layers = num_hidden_layers); it cannot score text alone
+gemma4_unified_assistant  the same drafter design for Gemma 4 unified
+musicgen                  the audio-code decoder of MusicGen: input_ids are (batch x codebooks, length) EnCodec codes
+musicgen_melody           the same for MusicGen-Melody
+========================  ==========================================================================================
+
+Everything else builds, including the encoder-style ...ForCausalLM heads (BERT & co. with is_decoder=True), the
+decoders of encoder-decoder models (BART & co.), recurrent and hybrid models (Mamba, RWKV, xLSTM, Jamba, Zamba,
+Falcon-H1, Qwen3-Next ...) and the composite vision/audio-text classes the mapping names (Gemma 3, Llama 4, ...).
 """
 
 from __future__ import annotations
@@ -45,7 +55,11 @@ GENERIC: dict[str, Any] = {
     "vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
     "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 256, "initializer_range": 0.2,
     "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 1,
-    "sliding_window": WINDOW, "attention_chunk_size": WINDOW, "use_cache": False,
+    "sliding_window": WINDOW, "attention_chunk_size": WINDOW, "sliding_window_size": WINDOW,
+    "local_attention_window_len": WINDOW, "use_cache": False,
+    # the same sizes under other names (feed-forward width, per-head width, sliding layers' own head counts)
+    "hidden_size_global": 64, "ffn_hidden_size": 128, "dim_ff": 128, "d_ff": 128, "dim_head": 16,
+    "swa_num_attention_heads": 4, "swa_num_key_value_heads": 2, "swa_head_dim": 16,
     # encoder-decoder configs whose decoder is the causal LM (BART & co.: hidden_size maps to d_model)
     "decoder_attention_heads": 4, "encoder_attention_heads": 4, "decoder_ffn_dim": 128, "encoder_ffn_dim": 128,
     # mixture of experts: 4 experts, top-2, one shared; every MoE layer a real MoE layer
@@ -78,7 +92,9 @@ FACTS: dict[str, dict[str, Any]] = {
     "lfm2_moe": {"layer_types": ["conv", "full_attention"], "num_hidden_layers": 2},
     "zaya": {"num_experts_per_tok": 1, "router_hidden_size": 32},  # "ZAYA currently supports top-1 only"
     "reformer": {"axial_pos_embds_dim": [32, 32], "axial_pos_shape": [16, 16]},  # must sum to hidden, prod to len
-    "blt": {"encoder_hash_byte_group_vocab": 1000, "hidden_size_global": 64},
+    "blt": {"encoder_hash_byte_group_vocab": 1000},
+    # the last num_kv_shared_layers layers reuse earlier layers' keys/values: keep both kinds among the producers
+    "gemma3n_text": {"num_kv_shared_layers": 5},
     "qwen4_exp_text": {"ngram_vocab_size_base": 1000, "indexer_n_heads": 2, "indexer_kv_heads": 1,
                        "indexer_head_dim": 16, "indexer_budget": 8, "indexer_compress_ratio": 2},
 }
@@ -87,10 +103,13 @@ FACTS["qwen4_exp"] = FACTS["qwen4_exp_text"]
 FACTS["jamba"] = {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1}
 FACTS["bamba"] = {"attn_layer_indices": [1]}
 FACTS["granitemoehybrid"] = {"layer_types": ["linear_attention", "full_attention"]}
+FACTS["recurrent_gemma"] = {"num_hidden_layers": 3}  # its block_types pattern (2 recurrent, 1 attention) is 3 long
 FACTS["roc_bert"] = {"shape_vocab_size": 32, "shape_embed_dim": 16, "pronunciation_vocab_size": 32,
                      "pronunciation_embed_dim": 16}
-FACTS["dots3_note.audio_config"] = {"adapter_input_size": 64, "adapter_out_dim": 64}
-FACTS["dbrx.attn_config"] = {"rope_theta": 1e4}  # DbrxAttentionConfig() has none; the model reads it
+FACTS["dots3_note.audio_config"] = {"adapter_input_size": 64, "adapter_out_dim": 64}  # must match hidden sizes
+FACTS["dots3_note.vision_config"] = {"adapter_in_dim": 64, "adapter_out_dim": 64}
+# DbrxAttentionConfig() has no rope_theta and clip_qkv None, which the model cannot run (the released 8)
+FACTS["dbrx.attn_config"] = {"rope_theta": 1e4, "clip_qkv": 8.0}
 # "num_key_value_heads must match num_attention_heads"; its sliding layers' sizes come in swa_* names
 FACTS["dots3_note_text"] = {"num_key_value_heads": 4, "swa_num_attention_heads": 4, "swa_num_key_value_heads": 4,
                             "swa_q_lora_rank": 32, "swa_kv_lora_rank": 16, "swa_head_dim": 32,
@@ -101,6 +120,8 @@ FACTS["zamba"] = {"num_hidden_layers": 4, "layers_block_type": ["linear_attentio
 
 # model_type -> why it is not built (a precise reason, nothing else)
 SKIPS: dict[str, str] = {
+    "gemma3n": "its vision tower is a TimmWrapperModel and the `timm` package is not installed (not a tiltlm "
+               "dependency); the text decoder itself is in the zoo as gemma3n_text",
     "gemma4_assistant": "a speculative-decoding drafter: every layer reuses the key/value states of a separate "
                         "target model (num_kv_shared_layers = num_hidden_layers), so it cannot score text alone",
     "gemma4_unified_assistant": "a speculative-decoding drafter: every layer reuses the key/value states of a "
@@ -118,10 +139,11 @@ PLAIN_FAILS: dict[str, str] = {}
 # architectures whose fast-suite tests carry the slow marker (tools/zoo_survey.py: over ~3 s for the survey row)
 SLOW: set[str] = set()
 
-MAX_PARAMS = 3_000_000  # "tiny": a few seconds for every test of one architecture on one CPU core
+MAX_PARAMS = 12_000_000  # "tiny": a few seconds for every test of one architecture on one CPU core
 
 LAYER_KIND_NAMES = ("layer_types", "layers_block_type", "mlp_layer_types", "block_types")
-WINDOW_NAMES = ("sliding_window", "attention_chunk_size", "local_attention_window_len", "attention_window")
+WINDOW_NAMES = ("sliding_window", "attention_chunk_size", "sliding_window_size", "local_attention_window_len",
+                "attention_window")
 
 
 class Skip(NamedTuple):
@@ -260,6 +282,8 @@ def build(model_type: str, seed: int = 0, keep_noise: bool = False) -> torch.nn.
             raise
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    if hasattr(model, "set_default_language"):  # X-MOD: one language adapter must be chosen before a forward
+        model.set_default_language(cfg.languages[0])
     model.float().eval()
     return model
 
