@@ -17,13 +17,13 @@ from typing import Any, Optional
 import torch
 
 from ..config import load_config
-from ..core.logps import score_pairs
 from ..core.losses import LOSSES, LossHParams, compute_loss, parse_loss_types
 from ..data import prepare_dataset
 from ..errors import ConfigError
 from ..model.loading import load_model, load_tokenizer
+from ..model.precision import Precision
 from ..rundir import CONFIG, PAIR_SCORES, RunDir
-from ..training.setup import data_options
+from ..training.setup import data_options, requested_path
 from ..types import PairLogps, as_text
 
 SEED_EXAMPLE = dict(logp_chosen=-3.5, logp_rejected=-6.0, ref_chosen=-4.0, ref_rejected=-5.0, beta=0.5)
@@ -192,10 +192,12 @@ def _score_now(run_dir: Path, cfg, index: int) -> dict:
     if not found:
         raise ConfigError(f"pair {index} is not a valid pair of {cfg.data} ({len(pairs)} valid pairs)")
     ex, pair = found[0]
-    policy = score_pairs(load_model(str(run_dir), dtype=cfg.dtype), [pair], pad_token_id=tokenizer.pad_token_id)
+    # the run's own scoring path, as its start-up check left it (config.yaml records what ran)
+    path = requested_path(cfg, Precision.of(cfg.dtype, cfg.mixed_precision, torch.device("cpu")))
+    policy = path.score(load_model(str(run_dir), dtype=cfg.dtype), [pair], pad_token_id=tokenizer.pad_token_id)
     revision = cfg.revision if cfg.ref_model in (None, cfg.model) else None
-    ref = score_pairs(load_model(cfg.ref_model or cfg.model, dtype=cfg.dtype, revision=revision), [pair],
-                      pad_token_id=tokenizer.pad_token_id)
+    ref = path.score(load_model(cfg.ref_model or cfg.model, dtype=cfg.dtype, revision=revision), [pair],
+                     pad_token_id=tokenizer.pad_token_id)
     return dict(index=index, source=ex.source, prompt=as_text(ex.prompt), chosen=as_text(ex.chosen),
                 rejected=as_text(ex.rejected), policy_chosen=float(policy.chosen[0]),
                 policy_rejected=float(policy.rejected[0]), ref_chosen=float(ref.chosen[0]),

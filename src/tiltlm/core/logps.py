@@ -10,30 +10,44 @@ Two exact ways:
 
 from __future__ import annotations
 
-import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..types import PairLogps, TokenizedPair
-from .batching import ModelBatch, collate
+from ..types import PairLogps
+from .batching import ModelBatch
 
 
 def backbone_of(model: torch.nn.Module) -> torch.nn.Module:
-    """The decoder without its LM head (returns final-norm hidden states), e.g. LlamaForCausalLM.model."""
+    """The decoder without its LM head (returns final-norm hidden states), e.g. LlamaForCausalLM.model: the model's
+    own accessor (`get_decoder`) first, then `base_model_prefix`, then `.model` (Llama-4's prefix is
+    "language_model" but its decoder is `.model`)."""
     inner = getattr(model, "get_base_model", None)  # peft wrapper -> the transformers model
     if inner is not None:
         model = inner()
-    return getattr(model, model.base_model_prefix)
+    try:
+        decoder = model.get_decoder()
+    except AttributeError:
+        decoder = None
+    for candidate in (decoder, getattr(model, model.base_model_prefix, None), getattr(model, "model", None)):
+        if isinstance(candidate, torch.nn.Module) and candidate is not model:
+            return candidate
+    raise AttributeError(f"{type(model).__name__}: no decoder module found (get_decoder, base_model_prefix)")
 
 
 def logit_transform(config) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-    """Post-LM-head logit transforms some architectures apply inside forward(); we must apply them too."""
+    """Post-LM-head logit transforms some architectures apply inside forward(); we must apply them too. (The
+    start-up check in model/scoring.py compares the chunked head with the model's own forward, so a transform
+    missing here turns the chunked head off instead of training on wrong numbers.)"""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
     fns = []
     scale = getattr(config, "logit_scale", None)  # Cohere: logits * logit_scale
     if isinstance(scale, (int, float)) and scale != 1:
         fns.append(lambda x: x * scale)
+    mult = getattr(config, "lm_head_multiplier", None)  # Falcon-H1: logits * lm_head_multiplier
+    if isinstance(mult, (int, float)) and mult != 1:
+        fns.append(lambda x: x * mult)
     div = getattr(config, "logits_scaling", None)  # Granite: logits / logits_scaling
     if isinstance(div, (int, float)) and div != 1:
         fns.append(lambda x: x / div)
@@ -86,10 +100,14 @@ def token_logps(model: torch.nn.Module, batch: ModelBatch, *, chunked: bool = Tr
     """Per-completion-token log-probs (T,), fp32, in the order of batch.labels.
 
     A function of the plain (unsharded) model; a sharded model runs this same function inside its root unit
-    (the training strategy wraps it, see parallel/fsdp.py), so nothing here knows how the model is held."""
-    mask = batch.attention_mask(getattr(model.config, "_attn_implementation", "sdpa") or "sdpa",
-                                dtype=next(model.parameters()).dtype)
-    kwargs = dict(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=False)
+    (the training strategy wraps it, see parallel/fsdp.py), so nothing here knows how the model is held.
+    Plain padded rows are fed exactly as the model's own forward of one sequence (right padding, a 2D padding mask,
+    the model's default positions); shared and packed rows add their 4D mask and restarted position ids."""
+    kwargs = dict(input_ids=batch.input_ids, use_cache=False)
+    kwargs["attention_mask"] = batch.attention_mask(getattr(model.config, "_attn_implementation", "sdpa") or "sdpa",
+                                                    dtype=next(model.parameters()).dtype)
+    if batch.shared_segments:
+        kwargs["position_ids"] = batch.position_ids
     if not chunked:
         logits = model(**kwargs).logits  # (R, L, V): what the seed's response_logprob materialises
         picked = logits[batch.gather_rows, batch.gather_pos].float()  # (T, V)
@@ -111,46 +129,3 @@ def sequence_logps(token_lp: torch.Tensor, batch: ModelBatch) -> PairLogps:
 def completion_logps(model: torch.nn.Module, batch: ModelBatch, *, chunked: bool = True,
                      chunk_size: int = 1024) -> PairLogps:
     return sequence_logps(token_logps(model, batch, chunked=chunked, chunk_size=chunk_size), batch)
-
-
-@torch.no_grad()
-def score_pairs(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, batch_size: int = 8,
-                prefix_sharing: bool = True, chunked: bool = True, chunk_size: int = 1024,
-                pad_token_id: int = 0, progress=None) -> PairLogps:
-    """Log-probs of many pairs under `model` (no grad), returned in the order of `pairs`."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    parts = []
-    for start in range(0, len(pairs), batch_size):
-        batch = collate(pairs[start:start + batch_size], prefix_sharing=prefix_sharing,
-                        pad_token_id=pad_token_id).to(device)
-        parts.append(completion_logps(model, batch, chunked=chunked, chunk_size=chunk_size))
-        if progress is not None:
-            progress(len(batch.pair_index))
-    model.train(was_training)
-    if not parts:
-        z = torch.zeros(0)
-        return PairLogps(z, z, z, z)
-    cat = lambda name: torch.cat([getattr(p, name) for p in parts]).cpu()  # noqa: E731
-    return PairLogps(cat("chosen"), cat("rejected"), cat("chosen_tokens"), cat("rejected_tokens"))
-
-
-def check_fast_path(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, pad_token_id: int = 0,
-                    tol: float = 1e-3) -> Optional[str]:
-    """Compare the fast layout (prefix-shared, chunked) with the plain path on a few real pairs.
-
-    Run once at start-up so an architecture with an unusual head (a transform we don't know) is caught instead of
-    silently training on wrong log-probs. Returns None if they agree, else a message.
-    """
-    sample = list(pairs[:2])
-    if not sample:
-        return None
-    fast = score_pairs(model, sample, prefix_sharing=True, chunked=True, pad_token_id=pad_token_id)
-    plain = score_pairs(model, sample, prefix_sharing=False, chunked=False, pad_token_id=pad_token_id)
-    worst = max((fast.chosen - plain.chosen).abs().max().item(), (fast.rejected - plain.rejected).abs().max().item())
-    scale = max(1.0, plain.chosen.abs().max().item())
-    if not math.isfinite(worst) or worst > tol * scale:
-        return (f"fast log-prob path differs from the plain path by {worst:.3g} nats on this model; "
-                "falling back to --no-prefix-sharing --no-chunked-logps")
-    return None

@@ -22,7 +22,8 @@ from . import checkpoint as ckpt
 from . import tr_dpo
 from .evaluation import evaluate, finish_run
 from .optim import UpdateProbe, build_optimizer, total_steps
-from .precision import DTYPES, LossScaler
+from ..model.loading import DTYPES
+from .precision import LossScaler
 from .reporting import Reporter
 from .setup import Inputs, Setup, open_run_dir, setup
 from .state import LoopState, NonfiniteGuard, StopSignals

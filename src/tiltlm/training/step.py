@@ -6,7 +6,6 @@ from typing import Optional
 
 import torch
 
-from ..core.batching import micro_batches
 from ..core.logps import sequence_logps
 from ..core.losses import LossHParams, compute_loss
 from ..core.metrics import MetricWindow
@@ -34,9 +33,11 @@ def backward_step(s: Setup, pairs: list, hp: LossHParams, loss_scale: float = 1.
     Returns this process's metric window and reward sums, and whether every loss was finite."""
     cfg, strategy = s.cfg, s.strategy
     window, rewards, finite = MetricWindow(), RewardMean(), True
-    calls = strategy.micro_calls(micro_batches(
-        strategy.shard(pairs), batch_size=cfg.per_device_train_batch_size, prefix_sharing=cfg.prefix_sharing,
-        packing=cfg.packing, max_tokens_per_batch=cfg.max_tokens_per_batch, pad_token_id=s.tokenizer.pad_token_id))
+    batches = s.path.micro_batches(strategy.shard(pairs), batch_size=cfg.per_device_train_batch_size,
+                                   pad_token_id=s.tokenizer.pad_token_id)
+    # a process with no pairs in a short last step still owes its collective calls (FSDP): it pads with a spare
+    spare = None if batches else s.path.micro_batches(pairs[:1], batch_size=1, pad_token_id=s.tokenizer.pad_token_id)[0]
+    calls = strategy.micro_calls(batches, spare=spare)
     for k, (batch, real) in enumerate(calls):
         strategy.gradient_sync(s.policy, last=k == len(calls) - 1)
         policy, ref, out = forward_pairs(s, batch.to(s.device), hp)
