@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from tiltlm.core.logps import sequence_logps
+from tiltlm.errors import ConfigError
 
 import zoo
 from tiny_models import naive_logps
@@ -32,7 +33,10 @@ except ModuleNotFoundError as e:  # the scoring path of issue 18 has not landed 
 
 needs_scoring = pytest.mark.skipif(ScoringPath is None, reason="tiltlm.model.scoring (issue 18) is not here yet")
 
-ATOL = 1e-4  # nats per sequence, fp32
+# nats per completion token, fp32 (a sequence of n tokens may differ by n * ATOL): the start-up check's own
+# tolerance (model/scoring.py TOLERANCE); HRM's repeated reasoning cycles reach ~1e-4 on a 44-nat sum from fp32
+# summation order alone
+ATOL = 1e-4
 GRAD_RTOL = 1e-4  # |g_fast - g_plain| <= GRAD_RTOL * |g_plain|
 PATH_WORDS = {"prefix_sharing": "prefix", "packing": "pack", "chunked": "chunk"}  # how a note names each path
 ALONE = {"prefix": dict(prefix_sharing=True, packing=False, chunked=False),
@@ -41,7 +45,7 @@ ALONE = {"prefix": dict(prefix_sharing=True, packing=False, chunked=False),
 ALL_FAST = dict(prefix_sharing=True, packing=True, chunked=True)
 
 
-def zoo_params(slow_all: bool = False):
+def zoo_params(slow_all: bool = False, scoring: bool = False):
     """ZOO as pytest params: the architectures in zoo.SLOW (or all, with slow_all) carry the slow marker;
     the known plain-forward failures are strict xfails (a release that fixes one makes the test fail: update)."""
     out = []
@@ -49,6 +53,8 @@ def zoo_params(slow_all: bool = False):
         marks = [pytest.mark.slow] if slow_all or mt in zoo.SLOW else []
         if mt in zoo.PLAIN_FAILS:
             marks.append(pytest.mark.xfail(reason=zoo.PLAIN_FAILS[mt], strict=True))
+        if scoring and mt in zoo.SCORING_BUGS:
+            marks.append(pytest.mark.xfail(reason=zoo.SCORING_BUGS[mt], strict=True))
         out.append(pytest.param(mt, marks=marks, id=mt))
     return out
 
@@ -109,31 +115,40 @@ def _check_path(model_type: str, requested_flags: dict):
     want_c, want_r = ground_truth(model_type)
     requested = ScoringPath(**requested_flags, chunk_size=7, max_tokens_per_batch=64)
     lines: list[str] = []
-    path = choose_path(model, pairs, requested=requested, log=lines.append)  # start-up checks: may turn paths off
+    try:
+        path = choose_path(model, pairs, requested=requested, log=lines.append)  # start-up checks: may turn paths off
+    except ConfigError as e:  # tiltlm refuses the model: one line, and only where the zoo knows why
+        assert "\n" not in str(e) and model_type in zoo.REFUSED, f"{model_type} refused: {e}"
+        assert zoo.REFUSED[model_type] in str(e), str(e)
+        return None
+    assert model_type not in zoo.REFUSED, f"{model_type} is no longer refused: update zoo.REFUSED"
     got = path.score(model, pairs, batch_size=4, pad_token_id=0)
-    torch.testing.assert_close(got.chosen, want_c, atol=ATOL, rtol=0)
-    torch.testing.assert_close(got.rejected, want_r, atol=ATOL, rtol=0)
+    for which, mine, ref in (("chosen", got.chosen, want_c), ("rejected", got.rejected, want_r)):
+        n_tokens = torch.tensor([len(getattr(p, f"{which}_ids")) for p in pairs], dtype=torch.float32)
+        excess = (mine - ref).abs() - ATOL * n_tokens
+        assert (excess <= 0).all(), f"{which}: |fast - plain| = {(mine - ref).abs().tolist()} with {path.layout}"
     notes = tuple(path.notes)
     assert all(n and "\n" not in n for n in notes), notes
     for name, word in PATH_WORDS.items():
         if not requested_flags[name]:
             assert not getattr(path, name), f"{name} was not requested but is on"
-        elif not getattr(path, name):  # turned off: exactly one line says why
-            assert sum(word in n.lower() for n in notes) == 1, (name, notes)
+        elif not getattr(path, name):  # turned off: exactly one line says why (its head names the path)
+            heads = [n.split(":")[0].lower() for n in notes]
+            assert sum(word in h or h.startswith("fast paths off") for h in heads) == 1, (name, notes)
     for note in notes:  # and the user saw it
         assert any(note in line for line in lines), (note, lines)
     return path
 
 
 @needs_scoring
-@pytest.mark.parametrize("model_type", zoo_params())
+@pytest.mark.parametrize("model_type", zoo_params(scoring=True))
 def test_all_fast_paths_together_equal_one_forward_per_sequence(model_type):
     _check_path(model_type, ALL_FAST)
 
 
 @needs_scoring
 @pytest.mark.parametrize("layout", list(ALONE))
-@pytest.mark.parametrize("model_type", zoo_params(slow_all=True))
+@pytest.mark.parametrize("model_type", zoo_params(slow_all=True, scoring=True))
 def test_each_fast_path_alone_equals_one_forward_per_sequence(model_type, layout):
     _check_path(model_type, ALONE[layout])
 
@@ -154,10 +169,12 @@ def _gradient(model, path, pairs) -> torch.Tensor:
 
 
 @needs_scoring
-@pytest.mark.parametrize("model_type", zoo_params(slow_all=True))
+@pytest.mark.parametrize("model_type", zoo_params(slow_all=True, scoring=True))
 def test_gradients_of_the_kept_paths_equal_the_plain_path(model_type):
     model = model_of(model_type)
     pairs = zoo.zoo_pairs()
+    if model_type in zoo.REFUSED:
+        pytest.skip(f"tiltlm refuses {model_type} (zoo.REFUSED; the forward test checks that)")
     path = choose_path(model, pairs, requested=ScoringPath(**ALL_FAST, chunk_size=7, max_tokens_per_batch=64),
                        log=lambda line: None)
     plain = ScoringPath(prefix_sharing=False, packing=False, chunked=False)

@@ -136,8 +136,22 @@ SKIPS: dict[str, str] = {
 # model_type -> why its plain forward (one sequence, no tricks) fails on the tiny model: strict xfails in the tests
 PLAIN_FAILS: dict[str, str] = {}
 
+# model_type -> the words of the one-line ConfigError tiltlm's start-up check refuses it with (the test fails when
+# an architecture starts or stops being refused)
+REFUSED: dict[str, str] = {
+    "cpmant": "batched rows change this model's log-probs",  # 16.8 nats: right padding reaches real tokens
+    "prophetnet": "batched rows change this model's log-probs",  # 2e-3 nats: its n-gram stream sees the padding
+}
+
+# model_type -> a tiltlm scoring-path defect the zoo found (strict xfail: fixing it makes the test pass -> remove)
+SCORING_BUGS: dict[str, str] = {
+    "reformer": "choose_path's train-mode determinism check raises Reformer's raw ValueError (train mode needs the "
+                "row length to equal prod(axial_pos_shape)) instead of one ConfigError line",
+}
+
 # architectures whose fast-suite tests carry the slow marker (tools/zoo_survey.py: over ~3 s for the survey row)
-SLOW: set[str] = set()
+SLOW: set[str] = {"zamba2", "nemotron_h", "bailing_hybrid", "falcon_h1"}  # 8-12 s each (choose_path tries
+# every fast path alone on these stateful hybrids); everything else 0.1-4 s (tools/zoo_survey.py, pytest --durations)
 
 MAX_PARAMS = 12_000_000  # "tiny": a few seconds for every test of one architecture on one CPU core
 
