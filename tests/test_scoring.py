@@ -171,7 +171,7 @@ def test_a_module_random_in_train_mode_is_named_and_kept_in_eval():
     model.model.layers[1].mlp.act_fn = NoisyActivation()
     lines = []
     choose_path(model, random_pairs(4, seed=3), ScoringPath(), log=lines.append)
-    assert any("model.layers.1.mlp.act_fn (NoisyActivation) is random in train mode" in m for m in lines), lines
+    assert any("model.layers.1.mlp.act_fn (NoisyActivation) behaves differently in train mode" in m for m in lines), lines
     ids = torch.randint(3, 90, (1, 10))
     model.train()
     train_mode = model(input_ids=ids).logits

@@ -8,13 +8,13 @@ key names the path (`tag`).
 `choose_path` makes the decision at start-up, on the model itself:
 1. every attention layer gets its own mask rule in shared rows (model/layer_rules.py);
 2. token mixers that carry a state (state-space, recurrent, linear attention) get plain rows, with the reason;
-3. a train-mode forward must equal an eval-mode forward: dropout of every kind is off (model/loading.py), and a
-   module that is still random in train mode (sampled routing, functional noise) is kept in eval mode, said in a
-   line -- at step 1 the policy is then exactly its reference;
-4. on real pairs of the run (the longest and a seeded sample), against one plain forward per sequence with an
-   absolute tolerance per token: the padded plain rows must agree (or the model cannot be batched exactly: one
-   line); the requested fast paths together are compared; if they differ, or raise, each is tried alone and only
-   the ones that differ are turned off, each with one line saying why.
+3. on real pairs of the run (the longest and a seeded sample), against one plain forward per sequence (eval mode)
+   with an absolute tolerance per token: padded plain rows in TRAIN mode must agree -- batching is exact and
+   training deterministic. If not: padding itself changes the numbers (one line: cannot be batched exactly), or
+   something is random in train mode after dropout of every kind was turned off (model/loading.py); that module is
+   found by its outputs and kept in eval mode, said in a line, so that at step 1 the policy is its reference;
+4. the requested fast paths together are compared; if they differ, or raise, each is tried alone and only the ones
+   that differ are turned off, each with one line saying why.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class ScoringPath:
 
 
 def choose_path(model: torch.nn.Module, pairs: Sequence[TokenizedPair], requested: ScoringPath, *,
-                pad_token_id: int = 0, log: Callable[[str], None] = print, sample_size: int = 4) -> ScoringPath:
+                pad_token_id: int = 0, log: Callable[[str], None] = print, sample_size: int = 3) -> ScoringPath:
     """The exact path for `model`: `requested` with the fast paths that would not equal the plain forward turned off
     (each with one line in `notes`, also logged). Installs the per-layer mask hooks and makes train mode
     deterministic as side effects on `model`."""
@@ -118,16 +118,18 @@ def choose_path(model: torch.nn.Module, pairs: Sequence[TokenizedPair], requeste
     exact = replace(path, precision=Precision(dtype, None, path.precision.device_type), notes=())
     plain = replace(exact, prefix_sharing=False, packing=False, chunked=False)
     if sample:
-        make_deterministic(model, collate(sample[:2], prefix_sharing=False, pad_token_id=pad_token_id), log)
         try:
             want = one_at_a_time(model, sample)
         except Exception as e:  # noqa: BLE001 - the model's own forward: nothing to fall back to
             raise ConfigError(f"the model's own forward fails on these pairs: {type(e).__name__}: "
                               f"{first_line(e)}") from None
         tol = TOLERANCE.get(dtype, 1e-4)
-        if problem := compare(plain, model, sample, want, tol, pad_token_id):
-            raise ConfigError(f"batched rows change this model's log-probs (right padding: {problem}); tiltlm "
-                              "cannot score it exactly")
+        # padded plain rows in TRAIN mode: equal to the truth means batching is exact and training is deterministic
+        if compare(plain, model, sample, want, tol, pad_token_id, train=True):
+            if problem := compare(plain, model, sample, want, tol, pad_token_id):
+                raise ConfigError(f"batched rows change this model's log-probs (right padding: {problem}); tiltlm "
+                                  "cannot score it exactly")
+            make_deterministic(model, collate(sample[:1], prefix_sharing=False, pad_token_id=pad_token_id), log)
         if any(getattr(exact, f) for f in FAST) and compare(exact, model, sample, want, tol, pad_token_id):
             for flag in FAST:  # find which of them differ: each alone against the plain forward
                 if getattr(exact, flag):
@@ -176,15 +178,16 @@ def one_at_a_time(model: torch.nn.Module, pairs: Sequence[TokenizedPair]) -> dic
     return out
 
 
-def per_sequence(path: ScoringPath, model: torch.nn.Module, pairs: Sequence[TokenizedPair],
-                 pad_token_id: int) -> dict[tuple[int, int], torch.Tensor]:
-    """{(pair index, 0 chosen / 1 rejected): its per-token log-probs in order} under `path` (eval, no grad)."""
+def per_sequence(path: ScoringPath, model: torch.nn.Module, pairs: Sequence[TokenizedPair], pad_token_id: int,
+                 train: bool = False) -> dict[tuple[int, int], torch.Tensor]:
+    """{(pair index, 0 chosen / 1 rejected): its per-token log-probs in order} under `path` (no grad; eval mode, or
+    train mode with the global RNG left untouched)."""
     device = next(model.parameters()).device
     was_training = model.training
-    model.eval()
+    model.train(train)
     out = {}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             for batch in path.micro_batches(pairs, batch_size=len(pairs), pad_token_id=pad_token_id):
                 tok = path.token_logps(model, batch.to(device)).float().cpu()
                 for s in range(2 * batch.num_pairs):
@@ -194,10 +197,11 @@ def per_sequence(path: ScoringPath, model: torch.nn.Module, pairs: Sequence[Toke
     return out
 
 
-def compare(path: ScoringPath, model, pairs, want: dict, tol: float, pad_token_id: int) -> Optional[str]:
+def compare(path: ScoringPath, model, pairs, want: dict, tol: float, pad_token_id: int,
+            train: bool = False) -> Optional[str]:
     """None if `path` gives `want` within `tol` nats on every token, else what went wrong, in a few words."""
     try:
-        got = per_sequence(path, model, pairs, pad_token_id)
+        got = per_sequence(path, model, pairs, pad_token_id, train)
     except Exception as e:  # noqa: BLE001 - any failure of a fast path means: use the plain one
         return f"it raises {type(e).__name__}: {first_line(e)[:160]}"
     worst, where = 0.0, None
@@ -215,13 +219,14 @@ def compare(path: ScoringPath, model, pairs, want: dict, tol: float, pad_token_i
 
 
 def make_deterministic(model: torch.nn.Module, batch, log: Callable[[str], None], tries: int = 4) -> None:
-    """A train-mode forward must equal an eval-mode forward (DPO's step 1: policy = reference). Modules still
-    random in train mode after dropout is off are found by their outputs and kept in eval mode; if that does not
-    help, one line says which module is random."""
+    """A train-mode forward must equal an eval-mode forward (DPO's step 1: policy = reference). A module still
+    random in train mode after dropout is off (sampled routing, noise), or computing something else in train mode,
+    is found by its outputs and kept in eval mode, said in a line; if that does not help, one line says which."""
     batch = batch.to(next(model.parameters()).device)
     pinned = set()
     for _ in range(tries):
-        culprit = random_module(model, batch)
+        culprit = differing_module(model, batch, ((True, 1), (True, 2))) or differing_module(
+            model, batch, ((False, 0), (True, 0)))
         if culprit is None:
             return
         name, module = culprit
@@ -229,28 +234,31 @@ def make_deterministic(model: torch.nn.Module, batch, log: Callable[[str], None]
             break
         pinned.add(name)
         keep_in_eval(module)
-        log(f"info: {name} ({type(module).__name__}) is random in train mode (sampling or noise besides dropout): "
-            "kept in eval mode so that the policy at step 1 equals its reference")
-    culprit = random_module(model, batch)
+        log(f"info: {name} ({type(module).__name__}) behaves differently in train mode (sampling, noise or "
+            "train-only routing besides dropout): kept in eval mode so that the policy at step 1 equals its reference")
+    culprit = differing_module(model, batch, ((True, 1), (True, 2))) or differing_module(
+        model, batch, ((False, 0), (True, 0)))
     if culprit is not None:
-        raise ConfigError(f"{culprit[0]} ({type(culprit[1]).__name__}) gives different outputs on every train-mode "
-                          "forward: set its noise or dropout options to 0 in the model's config.json")
+        raise ConfigError(f"{culprit[0]} ({type(culprit[1]).__name__}) gives other outputs in train mode than in eval "
+                          "mode: set its noise or dropout options to 0 in the model's config.json")
 
 
-def random_module(model: torch.nn.Module, batch) -> Optional[tuple[str, torch.nn.Module]]:
-    """The first module (in call order) whose train-mode output differs between two seeded forwards, or None."""
-    runs = []
+def differing_module(model: torch.nn.Module, batch, runs) -> Optional[tuple[str, torch.nn.Module]]:
+    """Two forwards, `runs` = ((train mode?, seed), (train mode?, seed)): the first module (in completion order)
+    whose inputs agree between them but whose outputs do not; when the difference comes from code between modules,
+    the first module whose output differs at all. None when the two forwards agree."""
+    recorded = []
     was_training = model.training
     names = {m: n for n, m in model.named_modules()}
     try:
-        for seed in (1, 2):
-            seen: list[tuple[torch.nn.Module, torch.Tensor]] = []
+        for train, seed in runs:
+            seen: list[tuple[torch.nn.Module, list]] = []
 
             def record(module, args, output, seen=seen):
                 seen.append((module, [_first_tensor(args), _first_tensor(output)]))
 
             handles = [m.register_forward_hook(record) for m in model.modules()]
-            model.train()
+            model.train(train)
             try:
                 with torch.no_grad(), torch.random.fork_rng(devices=[]):
                     torch.manual_seed(seed)
@@ -258,13 +266,11 @@ def random_module(model: torch.nn.Module, batch) -> Optional[tuple[str, torch.nn
             finally:
                 for h in handles:
                     h.remove()
-            runs.append(seen)
+            recorded.append(seen)
     finally:
         model.train(was_training)
-    # the culprit: the first module (in completion order) whose inputs agree between the two runs but whose outputs
-    # do not; when randomness comes from code between modules, the first module whose output differs at all
     first_differing = None
-    for (module, (in_a, out_a)), (_, (in_b, out_b)) in zip(*runs):
+    for (module, (in_a, out_a)), (_, (in_b, out_b)) in zip(*recorded):
         if _same(out_a, out_b):
             continue
         first_differing = first_differing or module
