@@ -225,8 +225,7 @@ def make_deterministic(model: torch.nn.Module, batch, log: Callable[[str], None]
     batch = batch.to(next(model.parameters()).device)
     pinned = set()
     for _ in range(tries):
-        culprit = differing_module(model, batch, ((True, 1), (True, 2))) or differing_module(
-            model, batch, ((False, 0), (True, 0)))
+        culprit = _train_mode_culprit(model, batch)
         if culprit is None:
             return
         name, module = culprit
@@ -236,11 +235,20 @@ def make_deterministic(model: torch.nn.Module, batch, log: Callable[[str], None]
         keep_in_eval(module)
         log(f"info: {name} ({type(module).__name__}) behaves differently in train mode (sampling, noise or "
             "train-only routing besides dropout): kept in eval mode so that the policy at step 1 equals its reference")
-    culprit = differing_module(model, batch, ((True, 1), (True, 2))) or differing_module(
-        model, batch, ((False, 0), (True, 0)))
+    culprit = _train_mode_culprit(model, batch)
     if culprit is not None:
         raise ConfigError(f"{culprit[0]} ({type(culprit[1]).__name__}) gives other outputs in train mode than in eval "
                           "mode: set its noise or dropout options to 0 in the model's config.json")
+
+
+def _train_mode_culprit(model: torch.nn.Module, batch) -> Optional[tuple[str, torch.nn.Module]]:
+    """A module random in train mode (two seeds differ), else one that computes otherwise in train mode."""
+    try:
+        return differing_module(model, batch, ((True, 1), (True, 2))) or differing_module(
+            model, batch, ((False, 0), (True, 0)))
+    except Exception as e:  # noqa: BLE001 - the model's own train-mode forward: nothing to fall back to
+        raise ConfigError(f"the model's own forward fails in train mode on these pairs: {type(e).__name__}: "
+                          f"{first_line(e)[:200]}") from None
 
 
 def differing_module(model: torch.nn.Module, batch, runs) -> Optional[tuple[str, torch.nn.Module]]:
