@@ -80,6 +80,8 @@ STEP0 = {
     "apo_zero": 1.0,  # (1 - 0.5) + 0.5
     "apo_down": 1.0,  # 0.5 + (1 - 0.5)
     "discopop": 0.5 * LN2 + 0.5,  # w = sigma(0) = 0.5: 0.5 * ln2 + 0.5 * e^0
+    "aot": LN2,  # sorted (pi_w - pi_l) = (-4 - -6) = 2 = sorted (ref_w - ref_l): -ln sigma(0.1 * 0)
+    "aot_unpaired": LN2,  # sorted lw = 0 = sorted ll: -ln sigma(0)
     # 0.5 (ln 0.5 - ln 0.999) + 0.5 (ln 0.5 - ln 0.001) = -ln2 - (ln 0.999 + ln 0.001)/2
     #   = -0.6931472 - (-0.0010005 - 6.9077553)/2 = -0.6931472 + 3.4543779 = 2.7612307
     "exo_pair": -LN2 - 0.5 * (math.log(1 - EXO_EPS) + math.log(EXO_EPS)),
