@@ -195,3 +195,41 @@ def test_ld_dpo_changes_the_loss():  # the LD cases above are not all equal to p
         plain.item(), abs=1e-12)
     assert abs(tiltlm_loss(completion, pol, ref, sq, loss_types=["sigmoid"], ld_alpha=0.0)[0].item()
                - plain.item()) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma2"])
+def test_same_per_token_log_probs_and_wpo_terms_as_trls_fused_head(kind):
+    """On a real (tiny) model: TRL's fused LM head (add_fused_lm_head, the kernel DPOTrainer reads) and tiltlm's
+    token_logps / token_log_sum_sq_probs give the same per-token log-probs and log sum_v p_v^2 (gemma2: with its
+    final-logit soft-capping)."""
+    import copy
+
+    from tiny_models import tiny_model
+
+    from tiltlm.core.logps import token_log_sum_sq_probs, token_logps
+
+    model = tiny_model(kind)
+    fused = copy.deepcopy(model)
+    trl_utils = pytest.importorskip("trl.trainer.utils")
+    trl_utils.add_fused_lm_head(fused, outputs=("log_probs", "log_sum_sq_probs"))
+    pairs = [TokenizedPair(0, [1, 7, 8], [9, 10], [11, 12, 13]), TokenizedPair(1, [1], [14, 15, 16, 17], [18])]
+    seqs = [p.prompt_ids + c for p in pairs for c in (p.chosen_ids, p.rejected_ids)]  # tiltlm's sequence order
+    L = max(map(len, seqs))
+    ids = torch.tensor([s + [0] * (L - len(s)) for s in seqs])
+    attn = torch.tensor([[1] * len(s) + [0] * (L - len(s)) for s in seqs])
+    labels = torch.full_like(ids, -100)
+    for k, p in enumerate(pairs):
+        for j, comp in enumerate((p.chosen_ids, p.rejected_ids)):
+            labels[2 * k + j, len(p.prompt_ids):len(p.prompt_ids) + len(comp)] = torch.tensor(comp)
+    with torch.no_grad():
+        out = fused(input_ids=ids, attention_mask=attn, labels=labels, fused_lm_head=True)
+    mask = labels[:, 1:] != -100
+    batch = collate(pairs, prefix_sharing=True)
+    counts = torch.bincount(batch.seq_ids, minlength=4)
+    in_seq_order = torch.cumsum(counts, 0) - counts  # labels of sequence s start here in seq order ...
+    where = in_seq_order[batch.seq_ids] + completion_positions(batch.seq_ids, 4)  # ... and this label sits here
+    with torch.no_grad():
+        lp = token_logps(model, batch, chunk_size=3)
+        sq = token_log_sum_sq_probs(model, batch, chunk_size=3)
+    assert torch.allclose(lp, out.log_probs[mask][where], atol=1e-5)
+    assert torch.allclose(sq, out.log_sum_sq_probs[mask][where], atol=1e-5)
