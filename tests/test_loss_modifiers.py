@@ -201,3 +201,51 @@ def test_config_fields_have_trl_defaults_and_are_checked():
                        (dict(use_weighting=True, dist="fsdp"), "not supported with --dist fsdp")):
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**bad).validate()
+
+
+# ------------------------------------------------------------------------------------------------ a training run
+def test_training_with_wpo_and_ld_dpo(tiny_assets, tmp_path):
+    """WPO and LD-DPO through tiltlm.train: at step 1 (policy == reference) every pair's sigmoid loss is ln 2 times
+    its WPO weight, so the logged loss is ln 2 * wpo_weight and the doctor (which knows) stays quiet; the cached
+    reference (with its LD tails) trains exactly like the live one."""
+    import json
+
+    import tiltlm
+
+    data = tmp_path / "pairs.jsonl"
+    with open(data, "w") as f:  # answers of different lengths, so the LD tails are not empty
+        for i in range(8):
+            f.write(json.dumps({"prompt": f"Question {i}: can you help me?", "chosen": " Sure." + " Gladly." * (i % 3),
+                                "rejected": " No." + " Never, go away." * ((i + 1) % 4)}) + "\n")
+    common = dict(model=str(tiny_assets / "model"), train_dataset=str(data), learning_rate=1e-3, max_steps=2,
+                  per_device_train_batch_size=4, progress=False, seed=0, use_weighting=True, ld_alpha=0.5,
+                  log=lambda *a, **k: None)
+    runs = {}
+    for name, precompute in (("cached", True), ("live", False)):
+        out = tmp_path / name
+        tiltlm.train(output_dir=str(out), ref_cache_dir=str(tmp_path / "cache"), precompute_ref_log_probs=precompute,
+                     **common)
+        runs[name] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        first = runs[name][0]
+        assert 0 < first["wpo_weight"] < 1.5
+        assert first["loss"] == pytest.approx(LN2 * first["wpo_weight"], abs=1e-6)
+        findings = (out / "doctor.jsonl").read_text() if (out / "doctor.jsonl").exists() else ""
+        assert "reference_mismatch" not in findings
+    for a, b in zip(runs["cached"], runs["live"]):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["rewards/chosen"] == pytest.approx(b["rewards/chosen"], abs=1e-5)
+    assert runs["cached"][1]["rewards/margins"] != 0  # the second step saw a trained policy
+
+
+def test_reference_cache_keeps_the_ld_tails():
+    from tiltlm.model.reference import CachedReference
+
+    rows = [dict(index=7, chosen_logp=-3.0, rejected_logp=-5.0, chosen_tokens=3, rejected_tokens=1,
+                 chosen_tail_logp=-1.5, rejected_tail_logp=0.0)]
+    ref = CachedReference.from_rows(rows)
+    assert ref.has_tails and ref.to_rows() == [{**rows[0]}]
+    picked = ref(collate([TokenizedPair(7, [1], [2, 3, 4], [5])], prefix_sharing=True))
+    assert picked.chosen_tail.tolist() == [-1.5] and picked.rejected_tail.tolist() == [0.0]
+    # a table written before the tails existed loads, but is not a cache hit (it is recomputed once)
+    old = CachedReference.from_rows([{k: v for k, v in rows[0].items() if "tail" not in k}])
+    assert not old.has_tails and picked.chosen.tolist() == [-3.0]

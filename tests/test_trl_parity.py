@@ -233,3 +233,63 @@ def test_same_per_token_log_probs_and_wpo_terms_as_trls_fused_head(kind):
         sq = token_log_sum_sq_probs(model, batch, chunk_size=3)
     assert torch.allclose(lp, out.log_probs[mask][where], atol=1e-5)
     assert torch.allclose(sq, out.log_sum_sq_probs[mask][where], atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ step 1 end to end
+STEP1_CONFIGS = {
+    "sigmoid": dict(loss_type=["sigmoid"]),
+    "rpo+js+ld": dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5], f_divergence_type="js_divergence",
+                      ld_alpha=0.5),
+    "ipo+wpo": dict(loss_type=["ipo"], use_weighting=True),
+    "aot+smoothing": dict(loss_type=["aot"], label_smoothing=0.1),
+}
+
+
+@pytest.fixture(scope="module")
+def step1_assets(tiny_assets, smollm2_tokenizer, tmp_path_factory):
+    """A second tiny model as the reference (so step 1's rewards are not 0) and 4 pairs of unequal lengths."""
+    import json
+
+    from tiny_models import tiny_model_dir
+
+    root = tmp_path_factory.mktemp("step1")
+    tiny_model_dir(root / "ref", smollm2_tokenizer, seed=1)
+    with open(root / "pairs.jsonl", "w") as f:
+        for i in range(4):
+            f.write(json.dumps({"prompt": f"Question {i}: can you help me?", "chosen": " Sure." + " Gladly." * (i % 3),
+                                "rejected": " No." + " Never, go away." * ((i + 1) % 4)}) + "\n")
+    return tiny_assets / "model", root / "ref", root / "pairs.jsonl"
+
+
+@pytest.mark.parametrize("config", sorted(STEP1_CONFIGS))
+def test_step1_metrics_match_trls_dpotrainer(step1_assets, tmp_path, config):
+    """The same model, reference, pairs and options through TRL's DPOTrainer and through tiltlm.train: the first
+    step's loss, rewards and log-probs agree. (Measured: |difference| <= 6e-5 on sigmoid's loss and the rewards,
+    7e-4 on ipo's loss of 25 (3e-5 relative), 3.2e-4 nats on a -114-nat logps/rejected; tiltlm's log-probs are the
+    one-sequence-at-a-time ones to 1e-5, TRL's carry the fp32 rounding of its padded batch and fused LM head.)"""
+    import json
+
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    import tiltlm
+
+    model, ref, data = step1_assets
+    options = dict(beta=0.1, learning_rate=1e-6, per_device_train_batch_size=4, max_steps=1, **STEP1_CONFIGS[config])
+    trl_args = DPOConfig(output_dir=str(tmp_path / "trl"), logging_steps=1, report_to=[], use_cpu=True,
+                         precompute_ref_log_probs=False, save_strategy="no", disable_tqdm=True, **options)
+    trainer = DPOTrainer(model=str(model), ref_model=AutoModelForCausalLM.from_pretrained(ref), args=trl_args,
+                         train_dataset=datasets.load_dataset("json", data_files=str(data), split="train"),
+                         processing_class=AutoTokenizer.from_pretrained(model))
+    trainer.train()
+    theirs = trainer.state.log_history[0]
+    tiltlm.train(model=str(model), ref_model=str(ref), train_dataset=str(data), output_dir=str(tmp_path / "tilt"),
+                 ref_cache_dir=str(tmp_path / "cache"), progress=False, log=lambda *a, **k: None, **options)
+    ours = json.loads((tmp_path / "tilt" / "metrics.jsonl").read_text().splitlines()[0])
+    assert ours["step"] == theirs["step"] == 1
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=2e-4), key  # ipo's loss is ~25: relative
+    if "ld_alpha" not in options:  # TRL logs the LD-weighted sums as logps/*; tiltlm logs the plain sums
+        for key in ("logps/chosen", "logps/rejected"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-5), key
