@@ -27,7 +27,7 @@ from ..types import LossOutput, PairLogps
 
 LN2 = math.log(2.0)
 
-# TRL's f_divergence_type values (the f-DPO paper, Wang et al. 2023, arXiv:2309.16240, Table 1)
+# TRL's f_divergence_type values (f-DPO: Wang et al. 2023, "Beyond Reverse KL", arXiv:2309.16240)
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
 
@@ -126,7 +126,7 @@ def dpo_rewards(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams):
 
 
 def f_score(logratio: torch.Tensor, hp: LossHParams) -> torch.Tensor:
-    """f'(pi/ref) of the f-divergence regulariser (f-DPO: Wang et al. 2023, arXiv:2309.16240, Theorem 1 / Table 1):
+    """f'(pi/ref) of the f-divergence regulariser (f-DPO: Wang et al. 2023, arXiv:2309.16240), as TRL 1.16:
     the DPO margin beta*(lw - ll) becomes beta*(f'(t_w) - f'(t_l)), t = pi/ref = exp(logratio).
 
     reverse_kl  f'(t) = log t + 1              -> logratio (the constant cancels in the difference): plain DPO

@@ -67,8 +67,8 @@ def check_modifiers(loss_types: Sequence[str], hp: LossHParams) -> None:
 
 
 def length_desensitised(p: PairLogps, alpha: float) -> PairLogps:
-    """LD-DPO: Liu et al. 2024, "Length Desensitization in Directed Preference Optimization", arXiv:2409.06411,
-    Eq. 11 (TRL's ld_alpha): each sequence's log-prob is its first min(n_w, n_l) tokens' log-probs plus alpha times
+    """LD-DPO: Liu et al. 2024, "Length Desensitization in Direct Preference Optimization", arXiv:2409.06411
+    (TRL's ld_alpha): each sequence's log-prob is its first min(n_w, n_l) tokens' log-probs plus alpha times
     the rest, log pi = shared + alpha * tail; alpha = 1 is DPO, alpha = 0 drops the longer completion's excess."""
     if p.chosen_tail is None or p.rejected_tail is None:
         raise ValueError("ld_alpha needs the log-probs past each pair's shared length (PairLogps.*_tail, filled by "

@@ -194,7 +194,7 @@ def discopop_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) 
 
 @register(
     "aot",
-    citation="Melnyk et al. 2024, arXiv:2406.05882, Eq. 9 (paired)",
+    citation="Melnyk et al. 2024, arXiv:2406.05882 (AOT, paired)",
     formula="-log sigma(beta * (sort(pi_w - pi_l) - sort(ref_w - ref_l)))  (sorted over the batch)",
     smoothed_formula="-(1-eps) log sigma(x) - eps log sigma(-x), x the sorted difference",
     across_pairs=True,
@@ -204,7 +204,7 @@ def discopop_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) 
 )
 def aot_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> LossOutput:
     """AOT (paired): Melnyk et al. 2024, "Distributional Preference Alignment of LLMs via Optimal Transport",
-    arXiv:2406.05882, the paired AOT objective (Eq. 9): the one-dimensional optimal transport between the batch's
+    arXiv:2406.05882, the paired AOT objective: the one-dimensional optimal transport between the batch's
     distributions of u = logpi_w - logpi_l and of v = logref_w - logref_l is the sorted matching, so
         loss_k = -(1-eps) log sigma(beta * (u_(k) - v_(k))) - eps log sigma(-beta * (u_(k) - v_(k)))
     with u_(k), v_(k) the k-th smallest of the batch (TRL: label_smoothing eps applies). The k-th loss belongs to a
@@ -218,7 +218,7 @@ def aot_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> Lo
 
 @register(
     "aot_unpaired",
-    citation="Melnyk et al. 2024, arXiv:2406.05882, Eq. 8 (unpaired)",
+    citation="Melnyk et al. 2024, arXiv:2406.05882 (AOT, unpaired)",
     formula="-log sigma(beta * (sort(logratio_w) - sort(logratio_l)))  (sorted over the batch)",
     smoothed_formula="-(1-eps) log sigma(x) - eps log sigma(-x), x the sorted difference",
     across_pairs=True,
@@ -227,7 +227,7 @@ def aot_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> Lo
              "quantile by quantile; chosen and rejected need not come from the same prompt."),
 )
 def aot_unpaired_loss(policy: PairLogps, ref: Optional[PairLogps], hp: LossHParams) -> LossOutput:
-    """AOT (unpaired): Melnyk et al. 2024, arXiv:2406.05882, the unpaired objective (Eq. 8): the sorted matching of
+    """AOT (unpaired): Melnyk et al. 2024, arXiv:2406.05882, the unpaired objective: the sorted matching of
     the batch's chosen log-ratios lw and rejected log-ratios ll,
         loss_k = -(1-eps) log sigma(beta * (lw_(k) - ll_(k))) - eps log sigma(-beta * (lw_(k) - ll_(k))).
     The k-th loss belongs to a quantile, not to the k-th pair. Rewards are the pairs' own DPO rewards. Step 0: ln 2.
