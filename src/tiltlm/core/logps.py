@@ -118,12 +118,69 @@ def token_logps(model: torch.nn.Module, batch: ModelBatch, *, chunked: bool = Tr
                                transform=logit_transform(model.config))
 
 
-def sequence_logps(token_lp: torch.Tensor, batch: ModelBatch) -> PairLogps:
-    """Sum per-token log-probs into per-sequence sums (and counts) -> PairLogps in batch pair order."""
+def completion_positions(seq_ids: torch.Tensor, n_seq: int) -> torch.Tensor:
+    """For every completion token (in batch.labels order), its 0-based position within its own completion.
+
+    Every layout lists a sequence's tokens in completion order (core/batching.py), so a token's position is its rank
+    among the tokens of its sequence: a stable sort by sequence id, minus where each sequence starts."""
+    order = torch.argsort(seq_ids, stable=True)
+    counts = torch.bincount(seq_ids, minlength=n_seq)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.empty_like(seq_ids)
+    pos[order] = torch.arange(seq_ids.numel(), device=seq_ids.device) - starts[seq_ids[order]]
+    return pos
+
+
+def sequence_logps(token_lp: torch.Tensor, batch: ModelBatch,
+                   log_sum_sq: Optional[torch.Tensor] = None) -> PairLogps:
+    """Sum per-token log-probs into per-sequence sums (and counts) -> PairLogps in batch pair order.
+
+    Also the LD-DPO tails: the sums over each completion's tokens past the pair's shared length min(n_w, n_l) (zero
+    for the shorter one). With `log_sum_sq` (per token, log sum_v p_v^2: token_log_sum_sq_probs) its per-sequence
+    sums, detached, for WPO's weights."""
     n_seq = 2 * batch.num_pairs
-    sums = torch.zeros(n_seq, dtype=torch.float32, device=token_lp.device).index_add(0, batch.seq_ids, token_lp)
+    dtype = torch.promote_types(token_lp.dtype, torch.float32)  # fp32 sums (fp64 stays fp64: exact-value tests)
+    zeros = lambda: torch.zeros(n_seq, dtype=dtype, device=token_lp.device)  # noqa: E731
+    sums = zeros().index_add(0, batch.seq_ids, token_lp.to(dtype))
     counts = torch.bincount(batch.seq_ids, minlength=n_seq).float()
-    return PairLogps(chosen=sums[0::2], rejected=sums[1::2], chosen_tokens=counts[0::2], rejected_tokens=counts[1::2])
+    shared = torch.minimum(counts[0::2], counts[1::2]).repeat_interleave(2)  # per sequence: its pair's shared length
+    in_tail = completion_positions(batch.seq_ids, n_seq) >= shared[batch.seq_ids]
+    tails = zeros().index_add(0, batch.seq_ids, torch.where(in_tail, token_lp, 0.0).to(dtype))
+    sq = None if log_sum_sq is None else zeros().index_add(0, batch.seq_ids, log_sum_sq.detach().to(dtype))
+    return PairLogps(chosen=sums[0::2], rejected=sums[1::2], chosen_tokens=counts[0::2], rejected_tokens=counts[1::2],
+                     chosen_tail=tails[0::2], rejected_tail=tails[1::2],
+                     chosen_log_sum_sq=None if sq is None else sq[0::2],
+                     rejected_log_sum_sq=None if sq is None else sq[1::2])
+
+
+def _log_sum_sq(logits: torch.Tensor) -> torch.Tensor:
+    # log sum_v p_v^2 = log sum_v exp(2 z_v) - 2 log sum_v exp(z_v), in fp32
+    logits = logits.float()
+    return torch.logsumexp(2.0 * logits, dim=-1) - 2.0 * torch.logsumexp(logits, dim=-1)
+
+
+@torch.no_grad()
+def token_log_sum_sq_probs(model: torch.nn.Module, batch: ModelBatch, *, chunked: bool = True,
+                           chunk_size: int = 1024) -> torch.Tensor:
+    """Per completion token (batch.labels order), log sum_v pi(v | context)^2, fp32, no gradient: WPO's
+    normaliser (Zhou et al. 2024, arXiv:2406.11827, Eq. 2, TRL's `log_sum_sq_probs`).
+
+    A separate no-grad forward of the same batch (so --use-weighting costs about one more forward per micro-batch);
+    the same LM head, picked positions and logit transforms as token_logps."""
+    mask = batch.attention_mask(getattr(model.config, "_attn_implementation", "sdpa") or "sdpa",
+                                dtype=next(model.parameters()).dtype)
+    kwargs = dict(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=False)
+    if not chunked:
+        return _log_sum_sq(model(**kwargs).logits[batch.gather_rows, batch.gather_pos])
+    hidden = backbone_of(model)(**kwargs).last_hidden_state[batch.gather_rows, batch.gather_pos]
+    head, transform = model.get_output_embeddings(), logit_transform(model.config)
+    parts = []
+    for start in range(0, hidden.shape[0], chunk_size):  # (chunk, V) logits at a time, as chunked_token_logps
+        logits = hidden[start:start + chunk_size].float() @ head.weight.float().t()
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias.float()
+        parts.append(_log_sum_sq(logits if transform is None else transform(logits)))
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
 
 
 def completion_logps(model: torch.nn.Module, batch: ModelBatch, *, chunked: bool = True,

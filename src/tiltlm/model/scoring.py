@@ -35,6 +35,8 @@ from . import layer_rules
 from .precision import Precision
 
 FAST = ("prefix_sharing", "packing", "chunked")
+# what `score` keeps of each pair: the sums and counts, and LD-DPO's tails (the reference cache stores them)
+SCORED = ("chosen", "rejected", "chosen_tokens", "rejected_tokens", "chosen_tail", "rejected_tail")
 NAMES = {"prefix_sharing": "prefix sharing", "packing": "packing", "chunked": "the chunked LM head"}
 # per-token agreement required of a fast path, by the dtype the check computes in (the weights' dtype): fp32
 # reduction order moves a log-prob by ~1e-6; bf16/fp16 weights round every layer
@@ -88,16 +90,16 @@ class ScoringPath:
                 for batch in self.micro_batches(part, batch_size=batch_size, pad_token_id=pad_token_id):
                     lp = sequence_logps(self.token_logps(model, batch.to(device)), batch)
                     for k, idx in enumerate(batch.pair_index.tolist()):
-                        by_index[idx] = (lp.chosen[k], lp.rejected[k], lp.chosen_tokens[k], lp.rejected_tokens[k])
+                        by_index[idx] = tuple(getattr(lp, name)[k] for name in SCORED)
                 if progress is not None:
                     progress(len(part))
         finally:
             model.train(was_training)
         if not pairs:
             z = torch.zeros(0)
-            return PairLogps(z, z, z, z)
-        cols = list(zip(*(by_index[p.index] for p in pairs)))
-        return PairLogps(*(torch.stack(c).float().cpu() for c in cols))
+            return PairLogps(z, z, z, z, chosen_tail=z, rejected_tail=z)
+        cols = zip(*(by_index[p.index] for p in pairs))
+        return PairLogps(**{name: torch.stack(c).float().cpu() for name, c in zip(SCORED, cols)})
 
 
 def choose_path(model: torch.nn.Module, pairs: Sequence[TokenizedPair], requested: ScoringPath, *,
