@@ -264,6 +264,7 @@ def test_train_from_hub_names_offline(hub_home, tmp_path):
     out = tmp_path / "run"
     p = offline_tilt(hub_home, "train", "--model", "tiny-org/dpo-model", "--data", "tiny-org/prefs",
                      "--dataset-train-split", "train_prefs", "--dataset-test-split", "test_prefs",
+                     "--eval-strategy", "steps", "--eval-steps", "2",
                      "--output-dir", out, "--max-steps", "2", "--learning-rate", "1e-3", "--no-progress",
                      "--ref-cache-dir", tmp_path / "cache")
     assert p.returncode == 0, p.stderr
