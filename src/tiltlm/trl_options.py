@@ -107,6 +107,8 @@ NOTED: dict[str, Foreign] = {
     "hub_private_repo": _noted("value", None, "used only by DPOTrainer.push_to_hub()"),
     "hub_token": _noted("value", None, "huggingface_hub reads HF_TOKEN / `hf auth login`"),
     "project": _noted("value", "huggingface", "trackers read WANDB_PROJECT / TRACKIO_PROJECT (default tiltlm)"),
+    "max_completion_length": _noted("value", None, "an option of TRL before 1.x: completions are cut to fit "
+                                    "--max-length (no completion budget of their own)"),
     "test_split_size": _noted("value", None, "use --eval-split (a seeded share of the training pairs)"),
 }
 

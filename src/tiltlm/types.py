@@ -6,7 +6,7 @@ Data flows:  file rows -> PreferenceExample -> TokenizedPair -> (batching) -> Pa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -41,6 +41,7 @@ class PreferenceExample:
     chosen: Text
     rejected: Text
     conversational: bool = False
+    tools: Optional[list] = None  # the row's `tools` (JSON schemas), passed to the chat template as TRL does
 
 
 @dataclass

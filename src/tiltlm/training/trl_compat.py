@@ -146,7 +146,7 @@ class DPOTrainer:
         config = self.args.config
         if self.eval_dataset is not None and config.eval_strategy == "no" and "eval_strategy" not in self.args.given:
             options["eval_strategy"] = None  # TRL's default: no eval during training; evaluated once at the end
-        model = None if "model" in options else self.model
+        model = options.pop("model", None) or self.model  # a name or path, or a loaded model
         self.result = train(config, model=model, tokenizer=self.processing_class,
                             train_dataset=self.train_dataset, eval_dataset=self.eval_dataset,
                             callbacks=[self._on_record], **options)
