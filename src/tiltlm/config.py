@@ -218,7 +218,7 @@ class TrainConfig:
         if strategy == "epoch":
             return steps_per_epoch
         if strategy == "no" or (what == "eval" and strategy is None and self.eval_steps is None):
-            return 0
+            return 0  # never, or (eval data given, no strategy) at the end only; `evaluates` says whether at all
         value = self.save_steps if what == "save" else self.eval_steps
         return ratio_steps(self.logging_steps if value is None else value, total_steps)
 

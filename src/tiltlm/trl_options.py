@@ -120,6 +120,7 @@ REFUSED: dict[str, Foreign] = {
     "load_in_8bit": Foreign("bool", False, "bitsandbytes-quantised base models are not supported; use --use_peft "
                             "on a bf16 model (--dtype bfloat16)"),
     "bnb_4bit_quant_type": Foreign("value", "nf4", "bitsandbytes quantisation is not supported"),
+    "bnb_4bit_quant_storage": Foreign("value", "uint8", "bitsandbytes quantisation is not supported"),
     "use_bnb_nested_quant": Foreign("bool", False, "bitsandbytes quantisation is not supported"),
     "lora_target_parameters": Foreign("list", None, "LoRA on bare parameters (MoE experts) is not supported; use "
                                       "--lora_target_modules"),

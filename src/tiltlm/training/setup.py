@@ -165,7 +165,8 @@ def load_pairs(cfg: TrainConfig, tokenizer, run: RunDir, log: Callable, inputs: 
         stats["source"] = data.describe()
     eval_examples, eval_pairs = [], []
     eval_data = inputs.eval_data if inputs.eval_data is not None else eval_source(cfg, log)
-    if not cfg.evaluates and (eval_data is not None or cfg.eval_split > 0):
+    evaluates = cfg.evaluates or (cfg.eval_strategy is None and inputs.eval_data is not None)  # eval_dataset=
+    if not evaluates and (eval_data is not None or cfg.eval_split > 0):
         log(f"note: --eval-strategy {cfg.eval_strategy}: the eval pairs are not evaluated")
         eval_data = None
     if eval_data is not None:
@@ -178,7 +179,7 @@ def load_pairs(cfg: TrainConfig, tokenizer, run: RunDir, log: Callable, inputs: 
         for p in eval_pairs:
             p.index += offset
         eval_examples = [type(e)(**{**e.__dict__, "index": e.index + offset}) for e in eval_examples]
-    elif cfg.eval_split > 0 and cfg.evaluates:
+    elif cfg.eval_split > 0 and evaluates:
         g = torch.Generator().manual_seed(cfg.seed)
         perm = torch.randperm(len(pairs), generator=g).tolist()
         held = set(perm[:max(1, int(len(pairs) * cfg.eval_split))])
