@@ -164,7 +164,8 @@ def test_tools_column_reaches_the_chat_template(smollm2_tokenizer):
                            [{"role": "assistant", "content": "Sunny."}], [{"role": "assistant", "content": "?"}],
                            conversational=True, tools=tools)
     prompt, chosen, _ = render_chat(ex, tok)
-    assert prompt == "TOOLS=get_weather;<user>Weather?" and chosen == "TOOLS=get_weather;<user>Weather?<assistant>Sunny."
+    assert prompt == "TOOLS=get_weather;<user>Weather?"
+    assert chosen == "TOOLS=get_weather;<user>Weather?<assistant>Sunny."
 
 
 def test_dpotrainer_face(tiny_assets, tmp_path):
@@ -202,3 +203,25 @@ def test_dpotrainer_face(tiny_assets, tmp_path):
             trainer.push_to_hub()
         finally:
             hc.HF_HUB_OFFLINE = old
+
+
+def test_accelerate_launch_with_fsdp_runs_sharded_ranks(tiny_assets, tmp_path):
+    """`accelerate launch --use_fsdp --num_processes 2 -m tiltlm.cli train ...`: accelerate starts the ranks as
+    torchrun does (RANK / WORLD_SIZE / LOCAL_RANK) and says FSDP in ACCELERATE_USE_FSDP: --dist fsdp."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None:
+        pytest.skip("accelerate is not installed")
+    out = tmp_path / "run"
+    p = subprocess.run([os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--use_fsdp",
+                        "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                        "--dynamo_backend", "no", "-m", "tiltlm.cli", "train", "--model", str(tiny_assets / "model"),
+                        "--data", str(tiny_assets / "train.jsonl"), "--output_dir", str(out), "--max_steps", "2",
+                        "--per_device_train_batch_size", "2", "--no_progress", "--ref_cache_dir",
+                        str(tmp_path / "cache")],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "fsdp: policy sharded over 2 ranks" in p.stdout and (out / "model.safetensors").is_file()

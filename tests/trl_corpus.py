@@ -110,7 +110,8 @@ trainer.train()
 ''', "runs"),
     # --- examples/cli_configs/example_config.yaml (an SFT example; its dataset swapped for preference pairs)
     ("example-config", "examples/cli_configs/example_config.yaml", "yaml",
-     ("# env:\n#   CUDA_VISIBLE_DEVICES: 0\n\nmodel_name_or_path:\n  Qwen/Qwen2.5-0.5B\ndataset_name:\n  stanfordnlp/imdb\n"
+     ("# env:\n#   CUDA_VISIBLE_DEVICES: 0\n\nmodel_name_or_path:\n  Qwen/Qwen2.5-0.5B\n"
+      "dataset_name:\n  stanfordnlp/imdb\n"
       "report_to:\n  none\nlearning_rate:\n  0.0001\nlr_scheduler_type:\n  cosine\n",
       ["--output_dir", "test-dpo", "--dataset_name", UF]), "runs"),
     # --- docs/source/dpo_trainer.md

@@ -22,5 +22,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["train", "TrainResult", "DPOConfig", "DPOTrainer", "TrainConfig", "load_config", "LOSSES", "LossHParams", "compute_loss", "ConfigError",
+__all__ = ["train", "TrainResult", "DPOConfig", "DPOTrainer",
+           "TrainConfig", "load_config", "LOSSES", "LossHParams", "compute_loss", "ConfigError",
            "DataError", "TrainingError", "__version__"]

@@ -25,24 +25,28 @@ TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")  # --report-to (trainin
 
 @dataclass
 class TrainConfig:
-    # Each field's trailing comment is its `tilt train --help` text; `# --- name` starts a help group (help.py).
+    # Each field's trailing comment is its `tilt train --help` text; `# --- name` starts a help group
+    # (commands/train_flags.py); a comment line indented under a field continues its text.
     # --- what/where
     model: Optional[str] = None  # the model to train: a local HF folder, a .gguf file or a hub name org/name
-    data: Optional[str] = None  # the training pairs: a JSONL/JSON/Parquet/CSV file, a saved `datasets` folder or a hub dataset
+    data: Optional[str] = None  # the training pairs: a JSONL/JSON/Parquet/CSV file, a `datasets` folder or hub dataset
     output_dir: str = "trainer_output"  # the run folder: model, metrics.jsonl, checkpoints, report (TRL's default)
     eval_data: Optional[str] = None  # held-out pairs (a file, folder or hub dataset); evaluated as --eval-strategy says
     eval_split: float = 0.0  # if > 0 and no eval_data: hold out this seeded fraction of `data`
     ref_model: Optional[str] = None  # the reference model; default: `model` itself (the only correct choice for DPO)
     trust_remote_code: bool = False  # allow models and tokenizers that ship their own Python code
-    dtype: str = "float32"  # how weights are stored: float32 | bfloat16 | float16 | auto (the checkpoint's); low precision keeps an fp32 master copy
-    model_init_kwargs: dict[str, Any] = field(default_factory=dict)  # from_pretrained keywords (TRL): dtype, attn_implementation, revision, trust_remote_code set those options; others are reported unused
+    dtype: str = "float32"  # how weights are stored: float32 | bfloat16 | float16 | auto (the checkpoint's); low
+        # precision keeps an fp32 master copy
+    model_init_kwargs: dict[str, Any] = field(default_factory=dict)  # from_pretrained keywords (TRL): dtype,
+        # attn_implementation, revision, trust_remote_code set those options; others are reported unused
     bf16: bool = False  # TRL's meaning: fp32 master weights, forward/backward under bf16 autocast (TRL's default is on)
     fp16: bool = False  # the same under fp16 autocast, with dynamic loss scaling
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     # --- loss
     beta: float = 0.1  # how far the policy may move from the reference: larger beta, smaller moves
-    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # one or several loss names (summed with loss_weights); `tilt explain --losses` lists them
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # one or several loss names (summed with
+        # loss_weights); the README's Losses table lists them
     loss_weights: Optional[list[float]] = None  # one weight per loss_type (default: 1 each)
     label_smoothing: float = 0.0  # cDPO / robust / exo_pair epsilon: the assumed chance a label is flipped
     simpo_gamma: float = 0.5  # SimPO target reward margin gamma: loss = -logsigmoid(beta * delta - gamma)
@@ -50,8 +54,11 @@ class TrainConfig:
 
     # --- optimisation
     learning_rate: float = 1e-6  # AdamW's peak learning rate
-    lr_scheduler_type: str = "linear"  # any schedule of transformers.get_scheduler: linear | cosine | constant | constant_with_warmup | cosine_with_restarts | polynomial | inverse_sqrt | cosine_with_min_lr | cosine_warmup_with_min_lr | warmup_stable_decay
-    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)  # the schedule's own keywords, e.g. num_cycles=2 or min_lr_rate=0.1
+    lr_scheduler_type: str = "linear"  # any schedule of transformers.get_scheduler: linear | cosine | constant |
+        # constant_with_warmup | cosine_with_restarts | polynomial | inverse_sqrt | cosine_with_min_lr |
+        # cosine_warmup_with_min_lr | warmup_stable_decay
+    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)  # the schedule's own keywords, e.g. num_cycles=2
+        # or min_lr_rate=0.1
     warmup_ratio: float = 0.0  # linear warm-up over this fraction of the steps
     warmup_steps: float = 0  # linear warm-up over this many steps (< 1: a fraction of the run, as TRL)
     weight_decay: float = 0.0  # AdamW weight decay
@@ -68,7 +75,8 @@ class TrainConfig:
 
     # --- tokenisation
     max_length: Optional[int] = 1024  # prompt + completion tokens per sequence; longer pairs are truncated (null: none)
-    truncation_mode: str = "keep_start"  # keep_start (TRL's, the only non-deprecated one) | keep_end: keep the prompt's end (--max-prompt-length, default max_length // 2)
+    truncation_mode: str = "keep_start"  # keep_start (TRL's, the only non-deprecated one) | keep_end: keep the prompt's
+        # end (--max-prompt-length, default max_length // 2)
     max_prompt_length: Optional[int] = None  # a too-long pair's prompt keeps its last this many tokens first
     prompt_delimiter: Optional[str] = None  # implicit-prompt split marker; default: auto ("\n\nAssistant:")
     skip_invalid: bool = False  # train on the valid rows and write the rest to OUTPUT_DIR/skipped.jsonl
@@ -77,8 +85,10 @@ class TrainConfig:
     revision: Optional[str] = None  # hub revision (branch, tag, commit) of a hub-name --model / --ref-model
     dataset_config: Optional[str] = None  # the dataset's configuration (load_dataset's `name`): its subfolder of --data
     dataset_train_split: str = "train"  # the split of --data (saved DatasetDict, folder of split files, hub dataset)
-    dataset_test_split: Optional[str] = "test"  # the eval split (of --eval-data, or of --data under --eval-strategy); none: off
-    datasets: list[dict] = field(default_factory=list)  # a mixture (TRL's DatasetMixtureConfig): entries of path, name, data_dir, data_files, split, columns, fraction
+    dataset_test_split: Optional[str] = "test"  # the eval split (of --eval-data, or of --data under --eval-strategy);
+        # none: off
+    datasets: list[dict] = field(default_factory=list)  # a mixture (TRL's DatasetMixtureConfig): entries of path, name,
+        # data_dir, data_files, split, columns, fraction
     prompt_column: str = "prompt"  # the column holding the prompt
     chosen_column: str = "chosen"  # the column holding the preferred completion
     rejected_column: str = "rejected"  # the column holding the dispreferred completion
@@ -88,7 +98,8 @@ class TrainConfig:
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # key=value ... passed to apply_chat_template
 
     # --- speed and memory
-    precompute_ref_log_probs: bool = True  # cache reference log-probs once; the reference model is then freed (exact; TRL's default is off)
+    precompute_ref_log_probs: bool = True  # cache reference log-probs once; the reference model is then freed (exact;
+        # TRL's default is off)
     ref_cache_dir: Optional[str] = None  # where the reference cache lives (default: ~/.cache/tiltlm/ref)
     prefix_sharing: bool = True  # prompt || chosen || rejected in one row, the prompt computed once (exact)
     packing: bool = False  # several pairs per row, no padding (batch = token budget; exact)
@@ -98,12 +109,16 @@ class TrainConfig:
     gradient_checkpointing: bool = True  # recompute each block in backward: -36% peak memory, +16% time (SmolLM2)
     # auto: on CUDA FlexAttention for prefix-shared/packed rows (masked blocks skipped) and SDPA's causal kernel for
     # plain rows; on CPU SDPA with a dense mask. Or force sdpa | eager | flex_attention (CUDA only: no CPU backward).
-    attn_implementation: str = "auto"  # auto | sdpa | eager | flex_attention (flash_attention_2/3 run as auto: see docs)
+    attn_implementation: str = "auto"  # auto | sdpa | eager | flex_attention (flash_attention_2/3 run as auto: see
+        # docs)
 
     # --- run
-    logging_steps: float = 1  # log every N steps (< 1: a fraction of the run); TRL's default is 10, tiltlm's doctor reads every step
-    eval_strategy: Optional[str] = None  # no | steps | epoch (TRL's); unset: no, except that --eval-data / --eval-split evaluate at the end
-    eval_steps: Optional[float] = None  # with --eval-strategy steps: every N steps (< 1: a fraction; default logging_steps)
+    logging_steps: float = 1  # log every N steps (< 1: a fraction of the run); TRL's default is 10, tiltlm's doctor
+        # reads every step
+    eval_strategy: Optional[str] = None  # no | steps | epoch (TRL's); unset: no, except that --eval-data / --eval-split
+        # evaluate at the end
+    eval_steps: Optional[float] = None  # with --eval-strategy steps: every N steps (< 1: a fraction; default
+        # logging_steps)
     save_strategy: str = "steps"  # no | steps | epoch: when checkpoints are written
     save_steps: float = 500  # with --save-strategy steps: a checkpoint every N steps (< 1: a fraction; 0: none)
     save_total_limit: Optional[int] = 2  # checkpoints kept (the newest); null keeps all (TRL's default)
@@ -112,19 +127,25 @@ class TrainConfig:
     doctor: bool = True  # live failure-mode checks (see README "The DPO doctor")
     max_nonfinite_steps: int = 3  # stop after this many consecutive non-finite steps
     progress: bool = True  # the progress bar
-    report_to: list[str] = field(default_factory=lambda: ["none"])  # none | all | tensorboard | wandb | mlflow | trackio (several at once)
+    report_to: list[str] = field(default_factory=lambda: ["none"])  # none | all | tensorboard | wandb | mlflow |
+        # trackio (several at once)
 
     # --- scale-out
-    nproc: Optional[int] = None  # processes on this node (one per GPU): re-runs the command under torchrun (TRL/accelerate: --num_processes)
-    accelerate_config: Optional[str] = None  # an accelerate config file or TRL profile (multi_gpu, fsdp1, fsdp2, ...): its num_processes, FSDP and mixed precision
+    nproc: Optional[int] = None  # processes on this node (one per GPU): re-runs the command under torchrun
+        # (TRL/accelerate: --num_processes)
+    accelerate_config: Optional[str] = None  # an accelerate config file or TRL profile (multi_gpu, fsdp1, fsdp2, ...):
+        # its num_processes, FSDP and mixed precision
     dist: str = "ddp"  # ddp | fsdp: how the ranks hold the model when WORLD_SIZE > 1
     ddp_timeout: int = 1800  # seconds a collective may wait for another rank before the run stops
-    use_peft: bool = False  # train a LoRA adapter (peft) instead of the full model; the reference is the adapter-off model
+    use_peft: bool = False  # train a LoRA adapter (peft) instead of the full model; the reference is the adapter-off
+        # model
     lora_r: int = 16  # LoRA rank (with --use-peft)
     lora_alpha: float = 32.0  # LoRA alpha (with --use-peft)
     lora_dropout: float = 0.05  # LoRA dropout (with --use-peft; as in TRL, --disable-dropout (on) turns it off)
-    lora_target_modules: Optional[list[str]] = None  # modules that get an adapter (default: peft's choice for the architecture; all-linear: every linear layer)
-    lora_modules_to_save: Optional[list[str]] = None  # modules trained in full next to the adapter (peft's modules_to_save)
+    lora_target_modules: Optional[list[str]] = None  # modules that get an adapter (default: peft's choice for the
+        # architecture; all-linear: every linear layer)
+    lora_modules_to_save: Optional[list[str]] = None  # modules trained in full next to the adapter (peft's
+        # modules_to_save)
     use_rslora: bool = False  # rank-stabilised LoRA scaling alpha / sqrt(r)
     use_dora: bool = False  # weight-decomposed LoRA (DoRA)
     lora_adapter: Optional[str] = None  # continue training this peft adapter; its frozen copy is the reference
@@ -297,6 +318,9 @@ def load_config(config_file: Optional[str] = None, overrides: Optional[dict[str,
     given: set[str] = set()
     for source, items in ((config_file, raw), (None, overrides or {})):
         for k, v in items.items():
+            if k == "trl_only":  # a saved config.yaml read back (tilt explain, resume checks)
+                values.setdefault("trl_only", {}).update(v or {})
+                continue
             try:
                 name = canonical_key(str(k))
             except ConfigError as e:
@@ -319,7 +343,8 @@ def check_given(given: set[str], values: dict[str, Any]) -> None:
         values["trl_only"]["replaced:bf16"] = ("bf16 is off (TRL 1.16 turns it on by default): fp32 compute, "
                                                "which is exact and, on CPUs without bf16 instructions, ~70x faster; "
                                                "--bf16 for TRL's default")
-    lora = sorted(n for n in given if n.startswith("lora_") and n != "lora_adapter")
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    lora = sorted(n for n in given if n.startswith("lora_") and n != "lora_adapter" and values[n] != defaults[n])
     if lora and not values.get("use_peft") and not values.get("lora_adapter"):
         raise ConfigError(f"--{lora[0]} without --use_peft: TRL ignores the LoRA options then and trains the full "
                           "model; add --use_peft to train an adapter (or drop the --lora-* options)")

@@ -15,16 +15,23 @@ from ..trl_options import MAPPED, NOTED, REFUSED, foreign_kind
 
 FIELD_LINE = re.compile(r"^    (\w+): [^#]*?(?:#\s?(.*))?$")
 GROUP_LINE = re.compile(r"^    # --- (.+)$")
+CONTINUED = re.compile(r"^        +# (.*)$")  # a comment indented under a field line continues its help
 
 
 def field_help() -> dict[str, tuple[str, str]]:
     """field name -> (group, help), read once from TrainConfig's source: its trailing comments."""
-    out, group = {}, "options"
+    out, group, last = {}, "options", None
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
     for line in inspect.getsource(TrainConfig).splitlines():
         if m := GROUP_LINE.match(line):
-            group = m.group(1)
-        elif (m := FIELD_LINE.match(line)) and m.group(1) in {f.name for f in dataclasses.fields(TrainConfig)}:
-            out[m.group(1)] = (group, (m.group(2) or "").strip())
+            group, last = m.group(1), None
+        elif (m := CONTINUED.match(line)) and last is not None:
+            out[last] = (group, f"{out[last][1]} {m.group(1).strip()}")
+        elif (m := FIELD_LINE.match(line)) and m.group(1) in names:
+            last = m.group(1)
+            out[last] = (group, (m.group(2) or "").strip())
+        else:
+            last = None
     return out
 
 
