@@ -81,9 +81,9 @@ def test_noted_options_and_replaced_values_say_what_runs_instead():
     cfg = load_config(None, {"dataset_num_proc": "4", "use_liger_kernel": "true", "remove_unused_columns": "false",
                              "attn_implementation": "flash_attention_2", "max_length": "null", "dtype": "auto",
                              "model_init_kwargs": '{"dtype": "torch.bfloat16", "device_map": "auto"}',
-                             "use_cpu": "true", "disable_tqdm": "true", "bf16": "false"})
-    assert (cfg.attn_implementation, cfg.max_length, cfg.dtype, cfg.device, cfg.progress) == \
-        ("auto", trl_options.NO_TRUNCATION, "bfloat16", "cpu", False)
+                             "use_cpu": "true", "disable_tqdm": "true", "bf16": "false", "test_split_size": "0.1"})
+    assert (cfg.attn_implementation, cfg.max_length, cfg.dtype, cfg.device, cfg.progress, cfg.eval_split) == \
+        ("auto", trl_options.NO_TRUNCATION, "bfloat16", "cpu", False, 0.1)
     notes = trl_options.notes(cfg.trl_only)
     assert [n.split(":")[0] for n in notes] == [
         "dataset_num_proc=4", "use_liger_kernel=True", "remove_unused_columns=False",

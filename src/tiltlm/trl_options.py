@@ -109,7 +109,6 @@ NOTED: dict[str, Foreign] = {
     "project": _noted("value", "huggingface", "trackers read WANDB_PROJECT / TRACKIO_PROJECT (default tiltlm)"),
     "max_completion_length": _noted("value", None, "an option of TRL before 1.x: completions are cut to fit "
                                     "--max-length (no completion budget of their own)"),
-    "test_split_size": _noted("value", None, "use --eval-split (a seeded share of the training pairs)"),
 }
 
 REFUSED: dict[str, Foreign] = {
@@ -159,6 +158,8 @@ MAPPED = {
     "use_cpu": ("bool", False, "device", lambda v: "cpu" if v else "auto"),
     "fsdp": ("value", "", "dist", lambda v: "fsdp" if str(v).strip() not in ("", "none", "None", "false") else "ddp"),
     "disable_tqdm": ("bool", False, "progress", lambda v: not v),
+    # DatasetMixtureConfig: hold out this share of the mixture (a seeded split, as datasets' train_test_split)
+    "test_split_size": ("value", None, "eval_split", lambda v: float(v or 0.0)),
 }
 # values TRL accepts that tiltlm runs as something else: (field, value) -> what runs instead
 ATTN_KERNELS = ("auto", "sdpa", "eager", "flex_attention")
