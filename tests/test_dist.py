@@ -215,7 +215,7 @@ def test_fsdp_live_sharded_reference_packing_and_accumulation_equal_one_process(
 
 
 def test_fsdp_refuses_lora_with_a_clear_message(assets, tmp_path):
-    o = opts(assets, tmp_path / "run", dist="fsdp", lora_r=4)
+    o = opts(assets, tmp_path / "run", dist="fsdp", use_peft=True, lora_r=4)
     args = ["train"] + [x for k, v in o.items() for x in (f"--{k.replace('_', '-')}", str(v))]
     p = subprocess.run([sys.executable, "-m", "tiltlm.cli", *args, "--nproc", "2"], capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import fixtures_gen as fg
+from hub_cache import put_in_hub_cache, write_split_parquet
 from tiltlm.commands.cli import main as tilt
 from tiltlm.config import load_config
 from tiltlm.data import Columns, DataError, available_splits, load_examples, prepare_dataset
@@ -21,8 +22,6 @@ from tiltlm.data.tokenize import render_chat
 from tiltlm.errors import ConfigError
 from tiltlm.model.loading import load_tokenizer
 from tiltlm.types import PreferenceExample
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def user(text):
@@ -43,31 +42,6 @@ def ultrafeedback_row(k: int, chosen: str, rejected: str) -> dict:
 
 def ultrafeedback_rows(n: int, start: int = 0) -> list[dict]:
     return [ultrafeedback_row(k, "Happy to help with that.", "No, do it alone.") for k in range(start, start + n)]
-
-
-def write_split_parquet(root: Path, splits: dict[str, list[dict]]) -> Path:
-    """A dataset folder as the Hub stores it: data/<split>-00000-of-00001.parquet and a README."""
-    (root / "data").mkdir(parents=True)
-    for split, rows in splits.items():
-        fg.write_parquet(root / "data" / f"{split}-00000-of-00001.parquet", rows)
-    (root / "README.md").write_text("# preference pairs\n")
-    return root
-
-
-def put_in_hub_cache(hub: Path, repo_type: str, repo_id: str, folder: Path) -> None:
-    """Copy `folder` into the standard hub cache layout: blobs/<sha256>, refs/main, snapshots/<commit>/<file>
-    (each a relative symlink to its blob), as huggingface_hub writes it."""
-    repo = hub / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    for src in sorted(p for p in folder.rglob("*") if p.is_file()):
-        data = src.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = repo / "snapshots" / COMMIT / src.relative_to(folder)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(COMMIT)
 
 
 # --- layouts -----------------------------------------------------------------------------------------------------
@@ -264,6 +238,7 @@ def test_train_from_hub_names_offline(hub_home, tmp_path):
     out = tmp_path / "run"
     p = offline_tilt(hub_home, "train", "--model", "tiny-org/dpo-model", "--data", "tiny-org/prefs",
                      "--dataset-train-split", "train_prefs", "--dataset-test-split", "test_prefs",
+                     "--eval-strategy", "steps", "--eval-steps", "2",
                      "--output-dir", out, "--max-steps", "2", "--learning-rate", "1e-3", "--no-progress",
                      "--ref-cache-dir", tmp_path / "cache")
     assert p.returncode == 0, p.stderr

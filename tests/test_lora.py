@@ -39,10 +39,13 @@ def param_bytes(model) -> dict:
 
 
 def opts(assets, out, **kw):
-    o = dict(model=str(assets / "model"), data=str(assets / "train12.jsonl"), output_dir=str(out), lora_r=4,
-             lora_alpha=8, learning_rate=1e-2, per_device_train_batch_size=4, max_steps=3, progress=False, seed=0,
+    o = dict(model=str(assets / "model"), data=str(assets / "train12.jsonl"), output_dir=str(out), use_peft=True,
+             lora_r=4, lora_alpha=8, learning_rate=1e-2, per_device_train_batch_size=4, max_steps=3, progress=False, seed=0,
              ref_cache_dir=str(out) + "-cache", doctor=False)
     o.update(kw)
+    if o.get("lora_r") == 0:  # no new adapter: a full fine-tune, or (with lora_adapter) a continued one
+        del o["lora_r"], o["lora_alpha"]
+        o["use_peft"] = False
     return o
 
 
@@ -135,11 +138,17 @@ def test_tr_dpo_hard_sync_resets_the_reference_to_the_policy(assets, tmp_path, l
 
 
 def test_config_errors_are_clear():
-    with pytest.raises(ConfigError, match="no-precompute-ref-log-probs"):
-        load_config(None, dict(sync_ref_model=True))
+    # TR-DPO's moving reference cannot be cached: the cache (on by default) is turned off, with a note
+    tr_dpo = load_config(None, dict(sync_ref_model=True))
+    assert tr_dpo.precompute_ref_log_probs is False and "replaced:precompute_ref_log_probs" in tr_dpo.trl_only
+    with pytest.raises(ConfigError, match="drop --precompute-ref-log-probs"):
+        load_config(None, dict(sync_ref_model=True, precompute_ref_log_probs=True))
+    with pytest.raises(ConfigError, match="--lora_r without --use_peft"):
+        load_config(None, dict(lora_r=8))
     with pytest.raises(ConfigError, match="merge-lora"):
         load_config(None, dict(merge_lora=True))
     with pytest.raises(ConfigError, match="dist must be"):
         load_config(None, dict(dist="zero3"))
-    assert load_config(None, {"lora-target-modules": "q_proj,v_proj"}).lora_target_modules == ["q_proj", "v_proj"]
+    assert load_config(None, {"use_peft": True, "lora-target-modules": "q_proj,v_proj"}).lora_target_modules == \
+        ["q_proj", "v_proj"]
     assert isinstance(CachedReference, type)

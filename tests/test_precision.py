@@ -86,7 +86,7 @@ def test_every_fast_path_under_bf16_matches_the_plain_path_under_bf16(tiny_asset
         assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=2e-2)
 
 
-@pytest.mark.parametrize("flags", [dict(lora_r=4, learning_rate=1e-3),
+@pytest.mark.parametrize("flags", [dict(use_peft=True, lora_r=4, learning_rate=1e-3),
                                    dict(sync_ref_model=True, precompute_ref_log_probs=False, ref_model_sync_steps=2)],
                          ids=["lora", "tr_dpo"])
 def test_lora_and_tr_dpo_train_under_bf16(tiny_assets, tmp_path, flags):

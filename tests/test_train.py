@@ -109,7 +109,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(assets, tmp_path, vari
           # TR-DPO moves its (separate, live) reference every step: the checkpoint must carry it
           "tr_dpo": dict(sync_ref_model=True, ref_model_sync_steps=1, ref_model_mixup_alpha=0.5,
                          precompute_ref_log_probs=False),
-          "lora": dict(lora_r=4, lora_alpha=8.0, learning_rate=1e-2)}[variant]
+          "lora": dict(use_peft=True, lora_r=4, lora_alpha=8.0, learning_rate=1e-2)}[variant]
     _, _, full = run(assets, tmp_path, "full", max_steps=4, **kw)
     _, _, part = run(assets, tmp_path, "part", max_steps=4, save_steps=2, **kw)
     # simulate a crash after step 2: drop the final model and later metrics, resume from checkpoint-2

@@ -15,11 +15,13 @@ from .config import TrainConfig, load_config
 from .core.losses import LOSSES, LossHParams, compute_loss
 from .errors import ConfigError, DataError, TrainingError
 from .training.api import TrainResult, train
+from .training.trl_compat import DPOConfig, DPOTrainer
 
 try:
     __version__ = version("tiltlm")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["train", "TrainResult", "TrainConfig", "load_config", "LOSSES", "LossHParams", "compute_loss", "ConfigError",
+__all__ = ["train", "TrainResult", "DPOConfig", "DPOTrainer",
+           "TrainConfig", "load_config", "LOSSES", "LossHParams", "compute_loss", "ConfigError",
            "DataError", "TrainingError", "__version__"]

@@ -1,46 +1,56 @@
 """One typed config for a training run. Its fields ARE the CLI flags of `tilt train` (litgpt style).
 
 Precedence: dataclass defaults < YAML file (--config) < command-line flags.
-Both spellings are accepted (`--learning-rate` and `--learning_rate`), plus TRL's names listed in ALIASES.
+Both spellings are accepted (`--learning-rate` and `--learning_rate`), plus TRL's names (trl_options.py: aliases,
+options accepted with a note, refused ones; every TRL 1.16 DPO option is one of them).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, get_args, get_origin, get_type_hints
+from typing import Any, Optional, get_type_hints
 
 import yaml
 
 from .core.losses import LossHParams, check_modifiers, parse_loss_types
 from .errors import ConfigError
+from .trl_options import (ALIASES, ATTN_KERNELS, SCHEDULERS, STRATEGIES, accelerate_values, adopt_trl_values,
+                          all_names, apply_env, apply_trl_only, coerce_value, foreign_kind, normalise, suggest)
 
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")  # --report-to (training/trackers/, one module each)
 
 @dataclass
 class TrainConfig:
-    # --- what to train, on what, where to write
-    model: Optional[str] = None  # local HF model folder or a .gguf file
-    data: Optional[str] = None  # JSONL / JSON / Parquet / CSV file, or a saved HF `datasets` folder
-    output_dir: Optional[str] = None
-    eval_data: Optional[str] = None  # held-out pairs; evaluated every eval_steps and at the end
-    eval_split: float = 0.0  # if > 0 and no eval_data: hold out this fraction of `data` (seeded)
-    ref_model: Optional[str] = None  # default: a frozen copy of `model` (the only correct choice for DPO)
-    trust_remote_code: bool = False
-    dtype: str = "float32"  # how weights are stored: float32 | bfloat16 | float16 (low precision: fp32 master copy)
-    bf16: bool = False  # TRL's meaning: fp32 master weights, forward/backward under bf16 autocast (CPU and CUDA)
+    # Each field's trailing comment is its `tilt train --help` text; `# --- name` starts a help group
+    # (commands/train_flags.py); a comment line indented under a field continues its text.
+    # --- what/where
+    model: Optional[str] = None  # the model to train: a local HF folder, a .gguf file or a hub name org/name
+    data: Optional[str] = None  # the training pairs: a JSONL/JSON/Parquet/CSV file, a `datasets` folder or hub dataset
+    output_dir: str = "trainer_output"  # the run folder: model, metrics.jsonl, checkpoints, report (TRL's default)
+    eval_data: Optional[str] = None  # held-out pairs (a file, folder or hub dataset); evaluated as --eval-strategy says
+    eval_split: float = 0.0  # if > 0 and no eval_data: hold out this seeded fraction of `data`
+    ref_model: Optional[str] = None  # the reference model; default: `model` itself (the only correct choice for DPO)
+    trust_remote_code: bool = False  # allow models and tokenizers that ship their own Python code
+    dtype: str = "float32"  # how weights are stored: float32 | bfloat16 | float16 | auto (the checkpoint's); low
+        # precision keeps an fp32 master copy
+    model_init_kwargs: dict[str, Any] = field(default_factory=dict)  # from_pretrained keywords (TRL): dtype,
+        # attn_implementation, revision, trust_remote_code set those options; others are reported unused
+    bf16: bool = False  # TRL's meaning: fp32 master weights, forward/backward under bf16 autocast (TRL's default is on)
     fp16: bool = False  # the same under fp16 autocast, with dynamic loss scaling
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
-    # --- the preference loss
-    beta: float = 0.1
-    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # one or several (summed with loss_weights)
-    loss_weights: Optional[list[float]] = None
-    label_smoothing: float = 0.0  # cDPO / robust / exo_pair epsilon
+    # --- loss
+    beta: float = 0.1  # how far the policy may move from the reference: larger beta, smaller moves
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # one or several loss names (summed with
+        # loss_weights); the README's Losses table lists them
+    loss_weights: Optional[list[float]] = None  # one weight per loss_type (default: 1 each)
+    label_smoothing: float = 0.0  # cDPO / robust / exo_pair epsilon: the assumed chance a label is flipped
     simpo_gamma: float = 0.5  # SimPO target reward margin gamma: loss = -logsigmoid(beta * delta - gamma)
-    discopop_tau: float = 0.05
+    discopop_tau: float = 0.05  # DiscoPOP's temperature
     # TRL's modifiers of every loss (core/losses.py): f-DPO's divergence, WPO's pair weights, LD-DPO's tail weight
     f_divergence_type: str = "reverse_kl"  # reverse_kl | forward_kl | js_divergence | alpha_divergence
     f_alpha_divergence_coef: float = 0.5  # alpha of alpha_divergence
@@ -48,81 +58,109 @@ class TrainConfig:
     ld_alpha: Optional[float] = None  # LD-DPO: weight of the longer completion's tokens past the shorter's, in [0, 1]
 
     # --- optimisation
-    learning_rate: float = 1e-6
-    lr_scheduler_type: str = "linear"  # linear | cosine | constant
-    warmup_ratio: float = 0.0
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    per_device_train_batch_size: int = 4
-    per_device_eval_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    num_train_epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides num_train_epochs
-    seed: int = 42
+    learning_rate: float = 1e-6  # AdamW's peak learning rate
+    lr_scheduler_type: str = "linear"  # any schedule of transformers.get_scheduler: linear | cosine | constant |
+        # constant_with_warmup | cosine_with_restarts | polynomial | inverse_sqrt | cosine_with_min_lr |
+        # cosine_warmup_with_min_lr | warmup_stable_decay
+    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)  # the schedule's own keywords, e.g. num_cycles=2
+        # or min_lr_rate=0.1
+    warmup_ratio: float = 0.0  # linear warm-up over this fraction of the steps
+    warmup_steps: float = 0  # linear warm-up over this many steps (< 1: a fraction of the run, as TRL)
+    weight_decay: float = 0.0  # AdamW weight decay
+    adam_beta1: float = 0.9  # AdamW beta1
+    adam_beta2: float = 0.999  # AdamW beta2
+    adam_epsilon: float = 1e-8  # AdamW epsilon
+    max_grad_norm: float = 1.0  # clip the global gradient norm to this (grad_norm is logged before clipping)
+    per_device_train_batch_size: int = 8  # pairs per process per micro-batch (TRL's default)
+    per_device_eval_batch_size: int = 8  # pairs per process per eval and reference-pass batch
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    num_train_epochs: float = 3.0  # passes over the data (TRL's default; DPO recipes usually pass 1)
+    max_steps: int = -1  # > 0: train this many optimizer steps (overrides num_train_epochs)
+    seed: int = 42  # the seed of the data order, the eval split and the model's initialisation
 
     # --- tokenisation
-    max_length: int = 1024  # prompt + completion tokens per sequence; longer pairs are truncated (keep the start)
-    max_prompt_length: Optional[int] = None
+    max_length: Optional[int] = 1024  # prompt + completion tokens per sequence; longer pairs are truncated (null: none)
+    truncation_mode: str = "keep_start"  # keep_start (TRL's, the only non-deprecated one) | keep_end: keep the prompt's
+        # end (--max-prompt-length, default max_length // 2)
+    max_prompt_length: Optional[int] = None  # a too-long pair's prompt keeps its last this many tokens first
     prompt_delimiter: Optional[str] = None  # implicit-prompt split marker; default: auto ("\n\nAssistant:")
     skip_invalid: bool = False  # train on the valid rows and write the rest to OUTPUT_DIR/skipped.jsonl
 
-    # --- data layouts and the hub (issue 12)
+    # --- data layouts and the hub
     revision: Optional[str] = None  # hub revision (branch, tag, commit) of a hub-name --model / --ref-model
+    dataset_config: Optional[str] = None  # the dataset's configuration (load_dataset's `name`): its subfolder of --data
     dataset_train_split: str = "train"  # the split of --data (saved DatasetDict, folder of split files, hub dataset)
-    dataset_test_split: Optional[str] = "test"  # the split of --eval-data; without --eval-data, of --data ("none": off)
-    prompt_column: str = "prompt"
-    chosen_column: str = "chosen"
-    rejected_column: str = "rejected"
+    dataset_test_split: Optional[str] = "test"  # the eval split (of --eval-data, or of --data under --eval-strategy);
+        # none: off
+    datasets: list[dict] = field(default_factory=list)  # a mixture (TRL's DatasetMixtureConfig): entries of path, name,
+        # data_dir, data_files, split, columns, fraction
+    prompt_column: str = "prompt"  # the column holding the prompt
+    chosen_column: str = "chosen"  # the column holding the preferred completion
+    rejected_column: str = "rejected"  # the column holding the dispreferred completion
     system_column: Optional[str] = None  # its text becomes the conversation's system message
     drop_duplicates: bool = False  # repeated pairs are kept (as TRL does) and counted; this drops the repeats
     chat_template: Optional[str] = None  # a Jinja file that replaces the tokenizer's chat template
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # key=value ... passed to apply_chat_template
 
-    # --- speed (each exact; switches exist so the benchmark can attribute each gain)
-    precompute_ref_log_probs: bool = True  # cache reference log-probs once; the reference model is then freed
-    ref_cache_dir: Optional[str] = None  # default: ~/.cache/tiltlm/ref
-    prefix_sharing: bool = True  # prompt || chosen || rejected in one row, prompt computed once
-    packing: bool = False  # several pairs per row, no padding (batch = token budget)
+    # --- speed and memory
+    precompute_ref_log_probs: bool = True  # cache reference log-probs once; the reference model is then freed (exact;
+        # TRL's default is off)
+    ref_cache_dir: Optional[str] = None  # where the reference cache lives (default: ~/.cache/tiltlm/ref)
+    prefix_sharing: bool = True  # prompt || chosen || rejected in one row, the prompt computed once (exact)
+    packing: bool = False  # several pairs per row, no padding (batch = token budget; exact)
     max_tokens_per_batch: int = 4096  # token budget of one packed micro-batch
-    chunked_logps: bool = True  # log-probs from hidden states in chunks, full logits never materialised
+    chunked_logps: bool = True  # log-probs from hidden states in chunks, full logits never built (exact)
     logps_chunk_size: int = 1024  # tokens per LM-head chunk
     gradient_checkpointing: bool = True  # recompute each block in backward: -36% peak memory, +16% time (SmolLM2)
-
-    # --- attention kernel (issue 14; docs/design.md "Attention kernels")
     # auto: on CUDA FlexAttention for prefix-shared/packed rows (masked blocks skipped) and SDPA's causal kernel for
     # plain rows; on CPU SDPA with a dense mask. Or force sdpa | eager | flex_attention (CUDA only: no CPU backward).
-    attn_implementation: str = "auto"
+    attn_implementation: str = "auto"  # auto | sdpa | eager | flex_attention (flash_attention_2/3 run as auto: see
+        # docs)
 
-    # --- logging, eval, checkpoints
-    logging_steps: int = 1
-    eval_steps: int = 0  # 0 = evaluate at the end only
-    save_steps: int = 0  # 0 = no intermediate checkpoints
-    save_total_limit: int = 2
+    # --- run
+    logging_steps: float = 1  # log every N steps (< 1: a fraction of the run); TRL's default is 10, tiltlm's doctor
+        # reads every step
+    eval_strategy: Optional[str] = None  # no | steps | epoch (TRL's); unset: no, except that --eval-data / --eval-split
+        # evaluate at the end
+    eval_steps: Optional[float] = None  # with --eval-strategy steps: every N steps (< 1: a fraction; default
+        # logging_steps)
+    save_strategy: str = "steps"  # no | steps | epoch: when checkpoints are written
+    save_steps: float = 500  # with --save-strategy steps: a checkpoint every N steps (< 1: a fraction; 0: none)
+    save_total_limit: Optional[int] = 2  # checkpoints kept (the newest); null keeps all (TRL's default)
     resume: Optional[str] = None  # auto | PATH to a checkpoint
-    overwrite_output_dir: bool = False
+    overwrite_output_dir: bool = False  # start over in a folder that holds another run
     doctor: bool = True  # live failure-mode checks (see README "The DPO doctor")
     max_nonfinite_steps: int = 3  # stop after this many consecutive non-finite steps
-    progress: bool = True
+    progress: bool = True  # the progress bar
+    report_to: list[str] = field(default_factory=lambda: ["none"])  # none | all | tensorboard | wandb | mlflow |
+        # trackio (several at once)
 
-    # --- distributed (launched with torchrun / `tilt train --nproc N`) and LoRA; see docs/distributed.md
+    # --- scale-out
+    nproc: Optional[int] = None  # processes on this node (one per GPU): re-runs the command under torchrun
+        # (TRL/accelerate: --num_processes)
+    accelerate_config: Optional[str] = None  # an accelerate config file or TRL profile (multi_gpu, fsdp1, fsdp2, ...):
+        # its num_processes, FSDP and mixed precision
     dist: str = "ddp"  # ddp | fsdp: how the ranks hold the model when WORLD_SIZE > 1
-    ddp_timeout: int = 1800  # seconds a collective may wait for another rank before the run stops (TRL's name)
-    lora_r: int = 0  # > 0: train a LoRA adapter of this rank (peft); the reference is the adapter-off model
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    ddp_timeout: int = 1800  # seconds a collective may wait for another rank before the run stops
+    use_peft: bool = False  # train a LoRA adapter (peft) instead of the full model; the reference is the adapter-off
+        # model
+    lora_r: int = 16  # LoRA rank (with --use-peft)
+    lora_alpha: float = 32.0  # LoRA alpha (with --use-peft)
+    lora_dropout: float = 0.05  # LoRA dropout (with --use-peft; as in TRL, --disable-dropout (on) turns it off)
+    lora_target_modules: Optional[list[str]] = None  # modules that get an adapter (default: peft's choice for the
+        # architecture; all-linear: every linear layer)
+    lora_modules_to_save: Optional[list[str]] = None  # modules trained in full next to the adapter (peft's
+        # modules_to_save)
+    use_rslora: bool = False  # rank-stabilised LoRA scaling alpha / sqrt(r)
+    use_dora: bool = False  # weight-decomposed LoRA (DoRA)
     lora_adapter: Optional[str] = None  # continue training this peft adapter; its frozen copy is the reference
     merge_lora: bool = False  # also write the merged full model to OUTPUT_DIR/merged
     sync_ref_model: bool = False  # TR-DPO: mix the policy into the (live) reference every ref_model_sync_steps
-    ref_model_mixup_alpha: float = 0.6
-    ref_model_sync_steps: int = 512
+    ref_model_mixup_alpha: float = 0.6  # TR-DPO alpha: reference = alpha * policy + (1 - alpha) * reference
+    ref_model_sync_steps: int = 512  # TR-DPO tau: steps between reference updates
 
-    # --- trackers and the Python API (issue 12)
-    report_to: list[str] = field(default_factory=lambda: ["none"])  # none, or any of TRACKERS (several at once)
+    # TRL options given that tiltlm runs differently, as given; start-up prints one line each (trl_options.py)
+    trl_only: dict[str, Any] = field(default_factory=dict, metadata={"flag": False})
 
     # ------------------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -139,18 +177,23 @@ class TrainConfig:
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         self._validate_loss_modifiers()
+        adopt_trl_values(self)  # TRL values tiltlm runs as something else (each noted in trl_only)
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "max_length", "logging_steps", "logps_chunk_size", "max_tokens_per_batch"):
+                     "max_length", "logps_chunk_size", "max_tokens_per_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr_scheduler_type not in ("linear", "cosine", "constant"):
-            raise ConfigError(f"lr_scheduler_type must be linear, cosine or constant, got {self.lr_scheduler_type!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        for name in ("logging_steps", "eval_steps", "save_steps", "warmup_steps"):
+            if (getattr(self, name) or 0) < 0:
+                raise ConfigError(f"{name} must be >= 0 (< 1: a fraction of the run), got {getattr(self, name)}")
+        if self.logging_steps == 0:
+            raise ConfigError("logging_steps must be > 0 (< 1: a fraction of the run)")
+        choose("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS)
+        choose("dtype", self.dtype, ("float32", "bfloat16", "float16", "auto"))
+        choose("attn_implementation", self.attn_implementation, ATTN_KERNELS)
+        choose("eval_strategy", self.eval_strategy, (None, *STRATEGIES))
+        choose("save_strategy", self.save_strategy, STRATEGIES)
+        choose("truncation_mode", self.truncation_mode, ("keep_start", "keep_end"))
         self._validate_precision()
-        if self.attn_implementation not in ("auto", "sdpa", "eager", "flex_attention"):
-            raise ConfigError(f"attn_implementation must be auto, sdpa, eager or flex_attention, got "
-                              f"{self.attn_implementation!r}")
         self.report_to = self._trackers()
         self._validate_dist_and_lora()
         return self
@@ -171,7 +214,7 @@ class TrainConfig:
         if (self.bf16 and self.dtype == "float16") or (self.fp16 and self.dtype == "bfloat16"):
             raise ConfigError(f"--{'bf16' if self.bf16 else 'fp16'} with --dtype {self.dtype} mixes two half "
                               "precisions: keep --dtype float32 (the usual choice) or use the matching one")
-        if self.dist == "fsdp" and self.dtype != "float32":
+        if self.dist == "fsdp" and self.dtype not in ("float32", "auto"):
             raise ConfigError(f"--dist fsdp with --dtype {self.dtype}: FSDP2 keeps the sharded weights as the fp32 "
                               "master copy; use --dtype float32 --bf16 (bf16 compute, fp32 gradient reduction)")
 
@@ -186,36 +229,53 @@ class TrainConfig:
         names = [str(n).strip().lower() for n in given]
         for n in names:
             if n not in ("none", *TRACKERS):
-                raise ConfigError(f"report_to: unknown tracker {n!r}{_suggest(n, TRACKERS)}; choose none or "
+                raise ConfigError(f"report_to: unknown tracker {n!r}{suggest(n, TRACKERS)}; choose none, all or "
                                   f"any of {', '.join(TRACKERS)}")
         return list(dict.fromkeys(n for n in names if n != "none")) or ["none"]
 
     @property
     def uses_lora(self) -> bool:
-        """Whether a LoRA adapter is trained (a new one, or a continued one)."""
-        return self.lora_r > 0 or bool(self.lora_adapter)
+        """Whether a LoRA adapter is trained (a new one with --use-peft, or a continued one)."""
+        return self.use_peft or bool(self.lora_adapter)
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether held-out pairs are evaluated: under --eval-strategy steps/epoch (TRL), or, with no strategy
+        given, when --eval-data / --eval-split name them (at the end, and every --eval-steps if given)."""
+        if self.eval_strategy is not None:
+            return self.eval_strategy != "no"
+        return bool(self.eval_data) or self.eval_split > 0
+
+    def every(self, what: str, total_steps: int, steps_per_epoch: int) -> int:
+        """Steps between two logs / evals / saves (0: never), with TRL's meanings: a value < 1 is a fraction of
+        the run (rounded up), `epoch` strategies mean once per epoch, eval_steps defaults to logging_steps."""
+        if what == "logging":
+            return ratio_steps(self.logging_steps, total_steps)
+        strategy = self.eval_strategy if what == "eval" else self.save_strategy
+        if strategy == "epoch":
+            return steps_per_epoch
+        if strategy == "no" or (what == "eval" and strategy is None and self.eval_steps is None):
+            return 0  # never, or (eval data given, no strategy) at the end only; `evaluates` says whether at all
+        value = self.save_steps if what == "save" else self.eval_steps
+        return ratio_steps(self.logging_steps if value is None else value, total_steps)
 
     def _validate_dist_and_lora(self) -> None:
-        if self.lora_r < 0:
-            raise ConfigError(f"lora_r must be >= 0 (0 = LoRA off), got {self.lora_r}")
+        if self.lora_r < 1:
+            raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.merge_lora and not self.uses_lora:
-            raise ConfigError("--merge-lora needs --lora-r > 0 or --lora-adapter")
+            raise ConfigError("--merge-lora needs --use-peft or --lora-adapter")
         if self.lora_adapter and not (Path(self.lora_adapter).expanduser() / "adapter_config.json").is_file():
             raise ConfigError(f"--lora-adapter {self.lora_adapter}: no adapter_config.json there (a peft adapter "
                               "folder)")
         if self.ddp_timeout < 1:
             raise ConfigError(f"ddp_timeout must be >= 1 second, got {self.ddp_timeout}")
-        if self.dist not in ("ddp", "fsdp"):
-            raise ConfigError(f"dist must be ddp or fsdp, got {self.dist!r}")
+        choose("dist", self.dist, ("ddp", "fsdp"))
         if self.dist == "fsdp" and (self.uses_lora or self.sync_ref_model):
             raise ConfigError("--dist fsdp with LoRA or --sync-ref-model is not supported yet; use --dist ddp "
                               "(a LoRA policy is small: every rank can hold it)")
         if self.sync_ref_model:
-            if self.precompute_ref_log_probs:
-                raise ConfigError("--sync-ref-model updates the reference during training, so it cannot be "
-                                  "precomputed: add --no-precompute-ref-log-probs")
             if not 0.0 < self.ref_model_mixup_alpha <= 1.0:
                 raise ConfigError(f"ref_model_mixup_alpha must be in (0, 1], got {self.ref_model_mixup_alpha}")
             if self.ref_model_sync_steps < 1:
@@ -225,96 +285,40 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# TRL / HF spellings accepted as synonyms, so a TRL command line or YAML works unchanged.
-ALIASES = {
-    "model_name_or_path": "model",
-    "dataset_name": "data",
-    "dataset_path": "data",
-    "train_file": "data",
-    "eval_dataset_name": "eval_data",
-    "eval_file": "eval_data",
-    "ref_model_name_or_path": "ref_model",
-    "torch_dtype": "dtype",
-    "resume_from_checkpoint": "resume",
-    "padding_free": "packing",
-    "model_revision": "revision",
-    "chat_template_path": "chat_template",
-}
+def choose(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        shown = " | ".join(str(c) for c in choices if c is not None)
+        raise ConfigError(f"{name} must be one of {shown}, got {value!r}{suggest(str(value), map(str, choices))}")
 
 
-def _suggest(name: str, choices) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def ratio_steps(value: float, total_steps: int) -> int:
+    """HF Trainer's reading of a `*_steps` value: < 1 is that fraction of the run (rounded up), else a count."""
+    if not value:
+        return 0
+    return max(1, math.ceil(value * total_steps)) if value < 1 else int(value)
 
 
 def canonical_key(key: str) -> str:
-    """Map a user-given key (dashes or underscores, TRL alias) to a TrainConfig field name, or raise."""
+    """Map a user-given key (dashes or underscores, TRL alias) to a TrainConfig field name, or raise.
+    A TRL-only option (trl_options.py) maps to the `trl_only` field."""
     k = key.strip().lstrip("-").replace("-", "_")
     k = ALIASES.get(k, k)
-    names = {f.name for f in fields(TrainConfig)}
-    if k not in names:
-        raise ConfigError(f"unknown option {key!r}{_suggest(k, names | set(ALIASES))}")
-    return k
-
-
-def _field_types() -> dict[str, Any]:
-    return get_type_hints(TrainConfig)
+    names = {f.name for f in fields(TrainConfig) if f.metadata.get("flag", True)}
+    if k in names:
+        return k
+    if foreign_kind(k) is not None:
+        return "trl_only"
+    raise ConfigError(f"unknown option {key!r}{suggest(k, names | all_names())}")
 
 
 def coerce(name: str, value: Any) -> Any:
     """Convert a YAML/CLI value to the field's declared type with a clear error."""
-    typ = _field_types()[name]
-    if get_origin(typ) is not None and type(None) in get_args(typ):  # Optional[X]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            return None
-        typ = next(a for a in get_args(typ) if a is not type(None))
-    try:
-        if get_origin(typ) is dict:
-            return _mapping(value)
-        if get_origin(typ) is list:
-            (inner,) = get_args(typ)
-            items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-            return [inner(x.strip()) if isinstance(x, str) else inner(x) for x in items if str(x).strip() != ""]
-        if typ is bool:
-            if isinstance(value, bool):
-                return value
-            s = str(value).lower()
-            if s in ("1", "true", "yes", "on"):
-                return True
-            if s in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if typ is int and isinstance(value, float) and value.is_integer():
-            return int(value)
-        if typ is int and isinstance(value, str):
-            return int(float(value)) if "e" in value.lower() else int(value)
-        return typ(value)
-    except (TypeError, ValueError):
-        tname = "key=value items" if get_origin(typ) is dict else getattr(typ, "__name__", str(typ))
-        raise ConfigError(f"option {name!r} expects {tname}, got {value!r}") from None
-
-
-def _mapping(value: Any) -> dict:
-    """A YAML mapping, or `key=value` items (a list, or one string): values are read as YAML scalars, so
-    `enable_thinking=false` gives False and `n=3` gives 3."""
-    if isinstance(value, dict):
-        return dict(value)
-    items = [value] if isinstance(value, str) else list(value)
-    out = {}
-    for item in items:
-        key, sep, text = str(item).partition("=")
-        if not sep or not key.strip():
-            raise ValueError(item)
-        try:
-            out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            out[key.strip()] = text
-    return out
+    return coerce_value(name, get_type_hints(TrainConfig)[name], value)
 
 
 def load_config(config_file: Optional[str] = None, overrides: Optional[dict[str, Any]] = None) -> TrainConfig:
     """Build a validated TrainConfig from an optional YAML file and a dict of overrides (CLI flags)."""
-    values: dict[str, Any] = {}
+    raw: dict[str, Any] = {}
     if config_file:
         path = Path(config_file)
         if not path.is_file():
@@ -325,13 +329,42 @@ def load_config(config_file: Optional[str] = None, overrides: Optional[dict[str,
             raise ConfigError(f"{config_file}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{config_file}: expected a mapping of option: value")
-        for k, v in raw.items():
+        apply_env(raw.pop("env", None), config_file)
+    values: dict[str, Any] = {}
+    given: set[str] = set()
+    for source, items in ((config_file, raw), (None, overrides or {})):
+        for k, v in items.items():
+            if k == "trl_only":  # a saved config.yaml read back (tilt explain, resume checks)
+                values.setdefault("trl_only", {}).update(v or {})
+                continue
             try:
                 name = canonical_key(str(k))
             except ConfigError as e:
-                raise ConfigError(f"{config_file}: {e}") from None
-            values[name] = coerce(name, v)
-    for k, v in (overrides or {}).items():
-        name = canonical_key(k)
-        values[name] = coerce(name, v)
+                raise ConfigError(f"{source}: {e}" if source else str(e)) from None
+            if name == "trl_only":
+                values.setdefault("trl_only", {})[normalise(str(k))] = v
+            else:
+                values[name] = coerce(name, v)
+                given.add(name)
+    values["trl_only"] = apply_trl_only(values.get("trl_only", {}), values)
+    for name, value in accelerate_values(values.get("accelerate_config"), dict(os.environ)).items():
+        values.setdefault(name, value)  # an option given explicitly wins over the accelerate config
+    check_given(given, values)
     return TrainConfig(**values).validate()
+
+
+def check_given(given: set[str], values: dict[str, Any]) -> None:
+    """Combinations only the set of options given can tell apart from the defaults."""
+    if not {"bf16", "fp16"} & given and not (values.get("bf16") or values.get("fp16")):
+        values["trl_only"]["replaced:bf16"] = ("bf16 is off (TRL 1.16 turns it on by default): fp32 compute, "
+                                               "which is exact and, on CPUs without bf16 instructions, ~70x faster; "
+                                               "--bf16 for TRL's default")
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    lora = sorted(n for n in given if n.startswith("lora_") and n != "lora_adapter" and values[n] != defaults[n])
+    if lora and not values.get("use_peft") and not values.get("lora_adapter"):
+        raise ConfigError(f"--{lora[0]} without --use_peft: TRL ignores the LoRA options then and trains the full "
+                          "model; add --use_peft to train an adapter (or drop the --lora-* options)")
+    if values.get("sync_ref_model") and values.get("precompute_ref_log_probs") and \
+            "precompute_ref_log_probs" in given:
+        raise ConfigError("--sync-ref-model updates the reference during training, so its log-probs cannot be "
+                          "precomputed: drop --precompute-ref-log-probs")

@@ -41,6 +41,7 @@ class PreferenceExample:
     chosen: Text
     rejected: Text
     conversational: bool = False
+    tools: Optional[list] = None  # the row's `tools` (JSON schemas), passed to the chat template as TRL does
 
 
 @dataclass

@@ -12,10 +12,10 @@ import os
 import shlex
 import subprocess
 import sys
-from typing import Optional, get_args, get_origin, get_type_hints
+from typing import Optional, get_type_hints
 
 from .. import demo
-from ..config import ALIASES, TrainConfig, load_config
+from ..config import TrainConfig, load_config
 from ..data import prepare_dataset
 from ..errors import ConfigError, DataError, TrainingError, first_line
 from ..model.loading import fingerprint, load_model, load_tokenizer
@@ -27,48 +27,14 @@ from ..training.api import train
 from ..training.setup import data_options, requested_path
 from . import data, doctor, evaluate, explain, landscape, report
 from .data import TRAIN_OPTIONS as DATA_LAYOUT_OPTIONS
+from .train_flags import add_train_arguments, flag_names, overrides_from_args
 
 # modules that register their own subcommands with add_cli(subparsers)
 SUBCOMMAND_MODULES = (data, explain, landscape, doctor, report, demo, evaluate)
 
 
-def _flag_names(name: str) -> list[str]:
-    names = {f"--{name.replace('_', '-')}", f"--{name}"}
-    names |= {f"--{a}" for a, target in ALIASES.items() if target == name}
-    names |= {f"--{a.replace('_', '-')}" for a, target in ALIASES.items() if target == name}
-    return sorted(names, key=lambda s: (len(s), s))
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field. Values stay strings here; config.coerce() types and checks them."""
-    parser.add_argument("--config", help="YAML file of options (flags given here override it)")
-    hints = get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        typ = hints[f.name]
-        if get_origin(typ) is not None and type(None) in get_args(typ):
-            typ = next(a for a in get_args(typ) if a is not type(None))
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"(default: {default})"
-        if typ is bool:  # --flag, --no-flag, or TRL-style --flag True/False
-            parser.add_argument(*_flag_names(f.name), dest=f.name, nargs="?", const="true", default=None,
-                                metavar="BOOL", help=help_text)
-            parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_const",
-                                const="false", help=argparse.SUPPRESS)
-        elif get_origin(typ) in (list, dict):  # several values (dict: key=value items)
-            parser.add_argument(*_flag_names(f.name), dest=f.name, nargs="+", default=None, help=help_text)
-        else:
-            parser.add_argument(*_flag_names(f.name), dest=f.name, default=None, help=help_text)
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    overrides = {}
-    for f in dataclasses.fields(TrainConfig):
-        value = getattr(args, f.name, None)
-        if value is not None:
-            if isinstance(value, list) and len(value) == 1:
-                value = value[0]  # "--loss-type sigmoid,sft" and "--loss-type sigmoid sft" both work
-            overrides[f.name] = value
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides_from_args(args))
 
 
 def launch(argv: list[str], nproc: int) -> int:
@@ -78,16 +44,19 @@ def launch(argv: list[str], nproc: int) -> int:
     return subprocess.call(cmd)
 
 
+NPROC_FLAGS = ("--nproc", "--num_processes", "--num-processes")
+
+
 def strip_nproc(argv: list[str]) -> list[str]:
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
             continue
-        if a == "--nproc":
+        if a in NPROC_FLAGS:
             skip = True
             continue
-        if a.startswith("--nproc="):
+        if a.startswith(tuple(f"{f}=" for f in NPROC_FLAGS)):
             continue
         out.append(a)
     return out
@@ -95,8 +64,8 @@ def strip_nproc(argv: list[str]) -> list[str]:
 
 def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    if (args.nproc or 1) > 1 and "WORLD_SIZE" not in os.environ:  # --nproc N: re-run under torchrun
-        return launch(strip_nproc(getattr(args, "argv", None) or sys.argv[1:]), args.nproc)
+    if (cfg.nproc or 1) > 1 and "WORLD_SIZE" not in os.environ:  # --nproc N: re-run under torchrun
+        return launch(strip_nproc(getattr(args, "argv", None) or sys.argv[1:]), cfg.nproc)
     try:
         metrics = train(cfg, command=shlex.join(["tilt", *(getattr(args, "argv", None) or sys.argv[1:])])).metrics
     except RuntimeError as e:
@@ -140,10 +109,12 @@ def run_precompute_ref(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tilt", description="Exact, fast, debuggable DPO for Hugging Face LMs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("train", help="train a causal LM on preference pairs (DPO and family)")
+    p = sub.add_parser("train", help="train a causal LM on preference pairs (DPO and family)",
+                       usage="tilt train [--config FILE] [OPTION VALUE ...]",
+                       description="Train a causal LM on preference pairs. Every option of TRL 1.16's `trl dpo` "
+                                   "(DPOConfig, ModelConfig, ScriptArguments, dataset mixtures) is accepted with "
+                                   "TRL's meaning, or says in one line what runs instead.")
     add_train_arguments(p)
-    p.add_argument("--nproc", type=int, default=None,
-                   help="processes on this node (one per GPU): runs this command under torchrun; see docs/distributed.md")
     p.set_defaults(func=run_train)
     p = sub.add_parser("precompute-ref", help="write reference log-probs of a dataset to a Parquet/JSONL table")
     p.add_argument("--config")
@@ -151,11 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                  "prompt_delimiter", "skip_invalid", "trust_remote_code", "bf16", "fp16", "prefix_sharing", "packing",
                  "chunked_logps", "logps_chunk_size", "max_tokens_per_batch", *DATA_LAYOUT_OPTIONS):
         if get_type_hints(TrainConfig)[name] is bool:  # --flag, --no-flag, --flag true/false, as in `tilt train`
-            p.add_argument(*_flag_names(name), dest=name, nargs="?", const="true", default=None, metavar="BOOL")
+            p.add_argument(*flag_names(name), dest=name, nargs="?", const="true", default=None, metavar="BOOL")
             p.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_const", const="false",
                            help=argparse.SUPPRESS)
             continue
-        p.add_argument(*_flag_names(name), dest=name, default=None,
+        p.add_argument(*flag_names(name), dest=name, default=None,
                        nargs="+" if name == "chat_template_kwargs" else None)
     p.add_argument("--output", required=True, help="output file (.parquet or .jsonl)")
     p.set_defaults(func=run_precompute_ref)

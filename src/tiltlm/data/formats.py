@@ -13,6 +13,8 @@ column's text becomes the conversation's first (system) message (Intel/orca_dpo_
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -57,6 +59,8 @@ def _check_messages(source: str, field: str, msgs: list) -> Optional[RowIssue]:
             return RowIssue(source, f"{field}[{j}]", "wrong_type",
                             f"a message must be an object with role and content, got {type(m).__name__}")
         for key in ("role", "content"):
+            if key == "content" and m.get("content") is None and m.get("tool_calls"):
+                continue  # an assistant turn that only calls tools (TRL's tool-calling format)
             if key not in m or m[key] is None:
                 return RowIssue(source, f"{field}[{j}].{key}", "missing_field", f"message has no {key!r}")
             if not isinstance(m[key], str):
@@ -65,9 +69,29 @@ def _check_messages(source: str, field: str, msgs: list) -> Optional[RowIssue]:
     return None
 
 
+TOOL_KEYS = ("tool_calls", "tool_call_id", "name")  # kept for the chat template (TRL's tool-calling format)
+
+
 def _clean(msgs: list) -> list[dict]:
-    """Keep only role and content (extra keys such as Arrow's null columns are dropped)."""
-    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+    """Keep role and content, and the tool-calling keys when set (other keys, such as Arrow's null columns,
+    are dropped)."""
+    return [{"role": m["role"], "content": m.get("content") or "",
+             **{k: m[k] for k in TOOL_KEYS if m.get(k) is not None}} for m in msgs]
+
+
+def row_tools(source: str, row: dict) -> Union[Optional[list], RowIssue]:
+    """The `tools` column (JSON schemas, or their JSON text): passed to the chat template's `tools`, as TRL."""
+    tools = row.get("tools")
+    if tools is None:
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except ValueError:
+            return RowIssue(source, "tools", "wrong_type", "tools must be a list of JSON schemas (or its JSON text)")
+    if not isinstance(tools, list):
+        return RowIssue(source, "tools", "wrong_type", f"tools must be a list, got {type(tools).__name__}")
+    return tools
 
 
 def split_implicit_text(chosen: str, rejected: str, delimiter: Optional[str] = None) -> Optional[int]:
@@ -125,6 +149,13 @@ def row_to_example(index: int, source: str, row: dict, *, prompt_delimiter: Opti
     if isinstance(out, RowIssue):  # name the file's column, not the role it plays
         out.field = _ROLE.sub(lambda m: cols[m.group(1)], out.field)
         return out
+    tools = row_tools(source, row)
+    if isinstance(tools, RowIssue):
+        return tools
+    if tools:
+        if not out[0].conversational:
+            return RowIssue(source, "tools", "wrong_type", "a tools column needs conversational rows (messages)")
+        out = (dataclasses.replace(out[0], tools=tools), out[1] + "+tools")
     if not columns.system:
         return out
     return with_system(out[0], system or ""), out[1] + "+system"
@@ -140,7 +171,8 @@ def with_system(ex: PreferenceExample, system: str) -> PreferenceExample:
         prompt = list(ex.prompt)
         if prompt and prompt[0]["role"] == "system":
             head = []
-        return PreferenceExample(ex.index, ex.source, head + prompt, ex.chosen, ex.rejected, conversational=True)
+        return PreferenceExample(ex.index, ex.source, head + prompt, ex.chosen, ex.rejected, conversational=True,
+                                 tools=ex.tools)
     return PreferenceExample(ex.index, ex.source, head + [{"role": "user", "content": ex.prompt}],
                              [{"role": "assistant", "content": ex.chosen}],
                              [{"role": "assistant", "content": ex.rejected}], conversational=True)

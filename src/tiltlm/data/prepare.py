@@ -46,7 +46,11 @@ def load_examples_with_formats(path: str, *, prompt_delimiter: Optional[str] = N
 
 
 def _check_columns(path: str, row: dict, columns: Columns) -> None:
-    """A column the user named must exist: its absence is one line about the file, not one issue per row."""
+    """A column the user named must exist: its absence is one line about the file, not one issue per row.
+    Image columns are vision-language data, which tiltlm does not train on: one line too."""
+    if any(row.get(c) is not None for c in ("images", "image")):
+        raise DataError(f"{path}: an images column: vision-language (VLM) preference training is not supported; "
+                        "tiltlm trains text-only causal LMs")
     for col, role in columns.renamed().items():
         if col not in row:
             flag = f"--{role}-column"

@@ -59,7 +59,9 @@ def render_chat(ex: PreferenceExample, tokenizer, chat_kwargs: Optional[dict] = 
         raise DataError("the data is conversational (lists of messages) but the tokenizer has no chat template; "
                         "use a chat/instruct model's tokenizer, pass --chat-template FILE, or convert the data "
                         "to plain text")
-    kw = chat_kwargs or {}
+    kw = dict(chat_kwargs or {})
+    if ex.tools:
+        kw["tools"] = ex.tools
     try:
         p = tokenizer.apply_chat_template(list(ex.prompt), add_generation_prompt=True, tokenize=False, **kw)
         c = tokenizer.apply_chat_template(list(ex.prompt) + list(ex.chosen), tokenize=False, **kw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -93,6 +94,22 @@ def check_chat_template(tok, name: str, kwargs: dict) -> None:
         tok.apply_chat_template(convo[:1], tokenize=False, add_generation_prompt=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - jinja2 syntax/undefined/raise_exception errors, bad kwargs
         raise ConfigError(f"{name} does not render: {type(e).__name__}: {first_line(e)}") from None
+
+
+def checkpoint_dtype(path: str, revision: Optional[str] = None) -> str:
+    """`--dtype auto`: the dtype the checkpoint's config.json declares (`dtype`, or the older `torch_dtype`), as
+    from_pretrained(dtype="auto") picks it; float32 for a .gguf file or when none of float32/bfloat16/float16 is
+    declared."""
+    folder, gguf = split_model_path(path, revision)
+    config = Path(folder) / "config.json"
+    if gguf or not config.is_file():
+        return "float32"
+    try:
+        declared = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return "float32"
+    name = str(declared.get("dtype") or declared.get("torch_dtype") or "float32").removeprefix("torch.")
+    return name if name in DTYPES else "float32"
 
 
 def load_model(path: str, *, dtype: str = "float32", device: str | torch.device = "cpu",

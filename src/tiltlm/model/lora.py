@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
+from ..errors import ConfigError
 from .loading import fingerprint as model_fingerprint
 
 REF_ADAPTER = "reference"
@@ -31,20 +32,34 @@ def is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config")
 
 
-def apply(model: torch.nn.Module, *, r: int, alpha: float, dropout: float, target_modules: Sequence[str],
-          adapter: Optional[str] = None, reference_adapter: bool = False, log: Callable = print) -> torch.nn.Module:
-    """`model` wrapped in a new LoRA adapter of rank `r`, or in the peft adapter at `adapter` (trainable).
+def apply(model: torch.nn.Module, *, r: int, alpha: float, dropout: float, target_modules: Optional[Sequence[str]],
+          modules_to_save: Optional[Sequence[str]] = None, use_rslora: bool = False, use_dora: bool = False,
+          disable_dropout: bool = True, adapter: Optional[str] = None, reference_adapter: bool = False,
+          log: Callable = print) -> torch.nn.Module:
+    """`model` wrapped in a new LoRA adapter of rank `r` (TRL's get_peft_config: bias "none", CAUSAL_LM;
+    target_modules None = peft's default for the architecture), or in the peft adapter at `adapter` (trainable).
 
-    `reference_adapter`: also keep a frozen copy of the starting adapter as the reference (continuing an adapter,
-    or TR-DPO, which needs reference weights to mix the policy into)."""
+    `disable_dropout` (TRL's default): the adapter's dropout is switched off too, as TRL's DPOTrainer does after
+    wrapping. `reference_adapter`: also keep a frozen copy of the starting adapter as the reference (continuing
+    an adapter, or TR-DPO, which needs reference weights to mix the policy into)."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if adapter:
         model = PeftModel.from_pretrained(model, str(Path(adapter).expanduser()), is_trainable=True)
     else:
-        targets = "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
-        lc = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
-        model = get_peft_model(model, lc)
+        targets = None if target_modules is None else \
+            "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
+        lc = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM",
+                        bias="none", modules_to_save=list(modules_to_save) if modules_to_save else None,
+                        use_rslora=use_rslora, use_dora=use_dora)
+        try:
+            model = get_peft_model(model, lc)
+        except ValueError as e:  # peft knows no default target modules for this architecture
+            raise ConfigError(f"LoRA: {e} (pass --lora-target-modules, e.g. all-linear)") from None
+    if disable_dropout:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
     if adapter or reference_adapter:
         add_reference_adapter(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -22,6 +22,7 @@ import torch
 
 from ..config import TrainConfig, canonical_key, coerce, load_config
 from ..data.memory import InMemoryRows
+from ..data.mixture import config_folder, mixture_rows
 from ..errors import ConfigError
 from ..model.in_memory import dtype_name
 from ..model.loading import load_tokenizer
@@ -67,6 +68,12 @@ def train(config: Union[TrainConfig, str, os.PathLike, None] = None, *, model: A
         raise ConfigError("an in-memory model= needs its tokenizer= too")
     if train_dataset is not None and "data" not in overrides:
         given.train_data = InMemoryRows(train_dataset, "train_dataset")
+    elif cfg.datasets:  # TRL's dataset mixture (it wins over --data, as in TRL's script)
+        if cfg.data:
+            log(f"note: both `datasets` and --data are given: the mixture is used and {cfg.data} is not (as TRL)")
+        given.train_data = mixture_rows(cfg.datasets)
+    elif cfg.data and cfg.dataset_config:
+        cfg.data = config_folder(cfg.data, cfg.dataset_config)
     if eval_dataset is not None and "eval_data" not in overrides:
         given.eval_data = InMemoryRows(eval_dataset, "eval_dataset")
     check_installed([n for n in cfg.report_to if n != "none"])  # before minutes of set-up, not after

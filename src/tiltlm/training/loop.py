@@ -63,6 +63,8 @@ def _train(s: Setup, requested: dict, log) -> dict:
     cfg, run, strategy = s.cfg, s.run, s.strategy
     pairs_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * strategy.world.size
     steps = total_steps(cfg, len(s.train_pairs), pairs_per_step)
+    per_epoch = math.ceil(len(s.train_pairs) / pairs_per_step)
+    log_every, eval_every, save_every = (cfg.every(what, steps, per_epoch) for what in ("logging", "eval", "save"))
     params, optimizer, scheduler = build_optimizer(s.model, cfg, steps)
     state = LoopState(scaler=LossScaler(enabled=cfg.fp16))
     moving_ref = tr_dpo.moving_reference_model(s.reference) if cfg.sync_ref_model else None
@@ -107,16 +109,16 @@ def _train(s: Setup, requested: dict, log) -> dict:
                 if cfg.sync_ref_model and tr_dpo.due(state.step, cfg.ref_model_sync_steps):
                     tr_dpo.sync_reference(s.reference, s.model, cfg.ref_model_mixup_alpha)
                 window.note_step(grad_norm, time.perf_counter() - t_step, update_kept=kept)
-                if state.step % cfg.logging_steps == 0 or state.step == steps:
+                if state.step % log_every == 0 or state.step == steps:
                     last = {"step": state.step, "epoch": state.pairs_seen / len(s.train_pairs),
                             "pairs_seen": state.pairs_seen, **window.compute(),
                             "learning_rate": scheduler.get_last_lr()[0], "nonfinite_steps": state.nonfinite_total,
                             **state.precision_metrics()}
                     report.train_record(last)
                     window = MetricWindow()
-                if s.eval_pairs and cfg.eval_steps > 0 and state.step % cfg.eval_steps == 0:
+                if s.eval_pairs and eval_every > 0 and state.step % eval_every == 0:
                     last_eval = report.eval_record({"step": state.step, **evaluate(s, hp)})
-                if cfg.save_steps > 0 and state.step % cfg.save_steps == 0:
+                if save_every > 0 and state.step % save_every == 0:
                     save(s, state, checkpoint_kw, log)
                 report.step_done()
         except BaseException:

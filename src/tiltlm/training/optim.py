@@ -16,8 +16,10 @@ import math
 from typing import Optional, Sequence
 
 import torch
+from transformers import get_scheduler
 
-from ..config import TrainConfig
+from ..config import TrainConfig, ratio_steps
+from ..errors import ConfigError
 
 
 def total_steps(cfg: TrainConfig, n_pairs: int, pairs_per_step: int) -> int:
@@ -27,21 +29,17 @@ def total_steps(cfg: TrainConfig, n_pairs: int, pairs_per_step: int) -> int:
     return max(1, math.ceil(cfg.num_train_epochs * math.ceil(n_pairs / pairs_per_step)))
 
 
-def schedule(optimizer, cfg: TrainConfig, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup, then linear decay to 0 / cosine decay to 0 / constant."""
-    warmup = cfg.warmup_steps or int(math.ceil(cfg.warmup_ratio * total))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if cfg.lr_scheduler_type == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        if cfg.lr_scheduler_type == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-        return max(0.0, 1.0 - progress)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def schedule(optimizer, cfg: TrainConfig, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """transformers.get_scheduler's schedule of that name (TRL's meaning, warmup included: linear warm-up from 0
+    over warmup_steps, a value < 1 being a fraction of the run, else warmup_ratio of the run), with
+    lr_scheduler_kwargs as its own keywords."""
+    warmup = ratio_steps(cfg.warmup_steps, total) if cfg.warmup_steps else int(math.ceil(cfg.warmup_ratio * total))
+    try:
+        return get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total,
+                             scheduler_specific_kwargs=dict(cfg.lr_scheduler_kwargs) or None)
+    except (TypeError, ValueError) as e:  # a keyword the schedule does not take, a missing required one
+        raise ConfigError(f"lr_scheduler_type {cfg.lr_scheduler_type} with lr_scheduler_kwargs "
+                          f"{dict(cfg.lr_scheduler_kwargs)}: {e}") from None
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, total: int):

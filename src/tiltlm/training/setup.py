@@ -25,11 +25,13 @@ from ..data.memory import InMemoryRows
 from ..errors import ConfigError
 from ..model import lora
 from ..model.in_memory import adopt, frozen_copy, state_fingerprint
-from ..model.loading import fingerprint, load_model, load_tokenizer, with_chat_template, with_pad_token
+from ..model.loading import (checkpoint_dtype, fingerprint, load_model, load_tokenizer, with_chat_template,
+                             with_pad_token)
 from ..model.reference import LiveReference, cached_reference
 from ..model.scoring import ScoringPath, choose_path
 from ..parallel import comm
 from ..parallel.strategy import Replicated
+from ..trl_options import notes as trl_notes
 from ..rundir import DATA_STATS, REFERENCE, SKIPPED, SKIPPED_EVAL, RunDir
 from ..types import PairLogps
 from .precision import Precision, half_precision_warning
@@ -71,6 +73,8 @@ class Setup:
 def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = print,
           inputs: Optional[Inputs] = None) -> Setup:
     inputs = inputs or Inputs()
+    for line in trl_notes(cfg.trl_only):  # TRL options and defaults that run differently here: one line each
+        log(f"note: {line}")
     device = comm.device(cfg.device)  # cuda:LOCAL_RANK under torchrun on GPUs
     torch.manual_seed(cfg.seed)
     if inputs.tokenizer is not None:
@@ -87,6 +91,9 @@ def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = p
     if inputs.model is not None:
         model = adopt(inputs.model, device)
     else:
+        if cfg.dtype == "auto":  # TRL's dtype auto: the checkpoint's own dtype
+            cfg.dtype = checkpoint_dtype(cfg.model, cfg.revision)
+            log(f"dtype auto: {cfg.dtype} (the checkpoint's config.json)")
         model = load_model(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
                            attn_implementation=cfg.attn_implementation, revision=cfg.revision)
     # an in-memory model's cache key hashes its weights: before LoRA injects its layers into them
@@ -99,7 +106,9 @@ def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = p
     cfg.prefix_sharing, cfg.packing, cfg.chunked_logps = path.prefix_sharing, path.packing, path.chunked
     if cfg.uses_lora:
         model = lora.apply(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                           target_modules=cfg.lora_target_modules, adapter=cfg.lora_adapter,
+                           target_modules=cfg.lora_target_modules, modules_to_save=cfg.lora_modules_to_save,
+                           use_rslora=cfg.use_rslora, use_dora=cfg.use_dora,
+                           disable_dropout=cfg.trl_only.get("disable_dropout", True), adapter=cfg.lora_adapter,
                            reference_adapter=cfg.sync_ref_model, log=log)
     enable_gradient_checkpointing(model, cfg.gradient_checkpointing, log)
     run.write_config(cfg.to_dict())  # after the start-up decisions: the folder says what actually runs
@@ -163,6 +172,10 @@ def load_pairs(cfg: TrainConfig, tokenizer, run: RunDir, log: Callable, inputs: 
         stats["source"] = data.describe()
     eval_examples, eval_pairs = [], []
     eval_data = inputs.eval_data if inputs.eval_data is not None else eval_source(cfg, log)
+    evaluates = cfg.evaluates or (cfg.eval_strategy is None and inputs.eval_data is not None)  # eval_dataset=
+    if not evaluates and (eval_data is not None or cfg.eval_split > 0):
+        log(f"note: --eval-strategy {cfg.eval_strategy}: the eval pairs are not evaluated")
+        eval_data = None
     if eval_data is not None:
         eval_examples, eval_pairs, eval_stats = prepare_dataset(eval_data, tokenizer,
                                                                 split=cfg.dataset_test_split or "test",
@@ -173,7 +186,7 @@ def load_pairs(cfg: TrainConfig, tokenizer, run: RunDir, log: Callable, inputs: 
         for p in eval_pairs:
             p.index += offset
         eval_examples = [type(e)(**{**e.__dict__, "index": e.index + offset}) for e in eval_examples]
-    elif cfg.eval_split > 0:
+    elif cfg.eval_split > 0 and evaluates:
         g = torch.Generator().manual_seed(cfg.seed)
         perm = torch.randperm(len(pairs), generator=g).tolist()
         held = set(perm[:max(1, int(len(pairs) * cfg.eval_split))])
@@ -196,9 +209,10 @@ def data_options(cfg: TrainConfig) -> dict:
 
 
 def eval_source(cfg: TrainConfig, log: Callable) -> Optional[str]:
-    """--eval-data; or, with neither it nor --eval-split, --data itself when it has a --dataset-test-split split
-    (a DatasetDict, a folder of split files, a hub dataset): TRL's scripts evaluate on that split too."""
-    if cfg.eval_data or cfg.eval_split > 0 or not cfg.data:
+    """--eval-data; or, with neither it nor --eval-split and under --eval-strategy steps/epoch, --data itself when
+    it has a --dataset-test-split split (a DatasetDict, a folder of split files, a hub dataset), as TRL's scripts
+    do."""
+    if cfg.eval_data or cfg.eval_split > 0 or not cfg.data or cfg.eval_strategy in (None, "no"):
         return cfg.eval_data
     test = cfg.dataset_test_split
     if not test or test == cfg.dataset_train_split or test not in (available_splits(cfg.data) or []):
