@@ -57,6 +57,8 @@ GENERIC: dict[str, Any] = {
     "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 1,
     "sliding_window": WINDOW, "attention_chunk_size": WINDOW, "sliding_window_size": WINDOW,
     "local_attention_window_len": WINDOW, "use_cache": False,
+    # sparse attention's indexer (DeepSeek-V3.2 DSA & kin) keeps the top-k keys: fewer than a row holds, so it bites
+    "index_topk": WINDOW, "index_n_heads": 4, "index_head_dim": 16,
     # the same sizes under other names (feed-forward width, per-head width, sliding layers' own head counts)
     "hidden_size_global": 64, "ffn_hidden_size": 128, "dim_ff": 128, "d_ff": 128, "dim_head": 16,
     "swa_num_attention_heads": 4, "swa_num_key_value_heads": 2, "swa_head_dim": 16,
@@ -141,6 +143,10 @@ PLAIN_FAILS: dict[str, str] = {}
 REFUSED: dict[str, str] = {
     "cpmant": "batched rows change this model's log-probs",  # 16.8 nats: right padding reaches real tokens
     "prophetnet": "batched rows change this model's log-probs",  # 2e-3 nats: its n-gram stream sees the padding
+    # sparse attention whose indexer keeps index_topk keys (5 here, 512-2048 in the released configs): once a row is
+    # longer than that, right padding changes the log-probs (0.06-3 nats) -- real rows beyond index_topk too
+    **{mt: "batched rows change this model's log-probs" for mt in
+       ("axk2", "deepseek_v32", "dots3_note", "dots3_note_text", "glm_moe_dsa", "hy_v4")},
 }
 
 # model_type -> a tiltlm scoring-path defect the zoo found (strict xfail: fixing it makes the test pass -> remove)
