@@ -57,6 +57,9 @@ GENERIC: dict[str, Any] = {
     "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 1,
     "sliding_window": WINDOW, "attention_chunk_size": WINDOW, "sliding_window_size": WINDOW,
     "local_attention_window_len": WINDOW, "use_cache": False,
+    # logit transforms after the LM head: strong enough to change log-probs (the chunked head must apply them too)
+    "final_logit_softcapping": 3.0, "attn_logit_softcapping": 3.0, "logits_soft_cap": 3.0, "logits_scaling": 4.0,
+    "lm_head_multiplier": 0.5,
     # sparse attention's indexer (DeepSeek-V3.2 DSA & kin) keeps the top-k keys: fewer than a row holds, so it bites
     "index_topk": WINDOW, "index_n_heads": 4, "index_head_dim": 16,
     # the same sizes under other names (feed-forward width, per-head width, sliding layers' own head counts)
@@ -84,7 +87,8 @@ GENERIC: dict[str, Any] = {
     # noise sources that are not called dropout
     "router_jitter_noise": 0.0, "input_jitter_noise": 0.0, "moe_jitter_eps": 0.0,
 }
-OFF_WHEN_UNSET = {"q_lora_rank", "hidden_size_per_layer_input", "vocab_size_per_layer_input"}
+OFF_WHEN_UNSET = {"q_lora_rank", "hidden_size_per_layer_input", "vocab_size_per_layer_input",
+                  "final_logit_softcapping", "attn_logit_softcapping"}
 LAYER_COUNTS = ("num_hidden_layers", "decoder_layers", "encoder_layers", "n_layers", "num_layers")
 
 # facts of one config: sizes that must agree inside it, names only it uses, fields its default leaves unusable
