@@ -170,4 +170,5 @@ def test_gradients_of_the_kept_paths_equal_the_plain_path(model_type):
     want = _gradient(model, plain, pairs)
     got = _gradient(model, path, pairs)
     assert torch.isfinite(want).all() and want.norm() > 0
-    assert (got - want).norm() <= GRAD_RTOL * want.norm(), f"relative gradient error {(got - want).norm() / want.norm():.2e}"
+    relative = ((got - want).norm() / want.norm()).item()
+    assert relative <= GRAD_RTOL, f"relative gradient error {relative:.2e} with {path.layout}"

@@ -190,8 +190,8 @@ def main(argv=None):
     lines = [f"# tiltlm zoo survey: transformers {transformers.__version__}, torch {torch.__version__}, fp32 CPU, "
              f"{len(pairs)} pairs (prompt 8-12, completions 6-10 tokens), window {zoo.WINDOW}",
              "# columns: max |fast - one-forward-per-sequence| in nats per layout; grad_rel = |g_fast - g_plain| / "
-             "|g_plain| for prefix+packed+chunked; train_det = two train-mode forwards equal (zoo config: dropout/jitter "
-             "0); dflt_noise_det = the same with the architecture's default dropout/jitter", header()]
+             "|g_plain| for prefix+packed+chunked; train_det = two train-mode forwards equal (zoo config: "
+             "dropout/jitter 0); dflt_noise_det = the same with the architecture's default dropout/jitter", header()]
     if args.scoring:
         lines = [lines[0], "# tiltlm's scoring path (choose_path, prefix+packed+chunked requested): what it keeps; "
                  "diff = worst |score - one forward per sequence| per sequence, nats",
