@@ -9,7 +9,10 @@ forwards agree (dropout or routing noise left on). Prints one row per architectu
     model_type  build_s  <max |diff| nats per layout>  grad_rel  train_det  total_s  note
 
 `diff` is the worst per-sequence |fast - naive| over the pairs; `grad_rel` = |g_fast - g_plain| / |g_plain|.
-Usage: PYTHONPATH=src:tests python tools/zoo_survey.py [--out FILE] [model_type ...]
+With --scoring: instead, what tiltlm's scoring path (model/scoring.py choose_path, all fast paths requested)
+keeps for each architecture, its notes, and the worst |path.score - one forward per sequence| per sequence.
+
+Usage: PYTHONPATH=src:tests python tools/zoo_survey.py [--scoring] [--out FILE] [model_type ...]
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import transformers  # noqa: E402
 
 from tiltlm.core.batching import collate  # noqa: E402
 from tiltlm.core.logps import completion_logps  # noqa: E402
+from tiltlm.errors import ConfigError  # noqa: E402
+from tiltlm.model.scoring import ScoringPath, choose_path  # noqa: E402
 
 import zoo  # noqa: E402
 from tiny_models import LAYOUTS, naive_logps  # noqa: E402
@@ -120,6 +125,30 @@ def survey_one(model_type: str, pairs) -> dict:
     return row
 
 
+def scoring_line(model_type: str, pairs) -> str:
+    """model_type, seconds, the layout choose_path keeps, worst |score - naive|, and its notes / refusal."""
+    t0 = time.perf_counter()
+    try:
+        model = zoo.build(model_type)
+        if isinstance(model, zoo.Skip):
+            return f"{model_type:>26} {'-':>6} {'skip':>22} {'-':>8} | {model.reason}"
+        with torch.no_grad():
+            want_c, want_r = naive_logps(model, pairs)
+        lines = []
+        requested = ScoringPath(prefix_sharing=True, packing=True, chunked=True, chunk_size=7,
+                                max_tokens_per_batch=64)
+        path = choose_path(model, pairs, requested=requested, log=lines.append)
+        got = path.score(model, pairs, batch_size=4, pad_token_id=0)
+        worst = max((got.chosen - want_c).abs().max().item(), (got.rejected - want_r).abs().max().item())
+        tail = " ; ".join(path.notes)
+        layout, diff = path.layout, f"{worst:.1e}"
+    except ConfigError as e:
+        layout, diff, tail = "refused", "-", str(e)
+    except Exception as e:  # noqa: BLE001
+        layout, diff, tail = "ERROR", "-", short(e)
+    return f"{model_type:>26} {time.perf_counter() - t0:6.2f} {layout:>22} {diff:>8} | {tail}"
+
+
 def fmt(v) -> str:
     if v is None:
         return "ERR"
@@ -152,6 +181,7 @@ def main(argv=None):
     ap.add_argument("model_types", nargs="*")
     ap.add_argument("--out", help="also write the table to this file (rewritten after every row)")
     ap.add_argument("--limit-s", type=int, default=120, help="per-model time limit")
+    ap.add_argument("--scoring", action="store_true", help="survey tiltlm's chosen scoring path instead")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
@@ -160,19 +190,23 @@ def main(argv=None):
     lines = [f"# tiltlm zoo survey: transformers {transformers.__version__}, torch {torch.__version__}, fp32 CPU, "
              f"{len(pairs)} pairs (prompt 8-12, completions 6-10 tokens), window {zoo.WINDOW}",
              "# columns: max |fast - one-forward-per-sequence| in nats per layout; grad_rel = |g_fast - g_plain| / "
-             "|g_plain| for prefix+packed+chunked; train_det = two train-mode forwards equal (zoo config: dropout/jitter "
-             "0); dflt_noise_det = the same with the architecture's default dropout/jitter", header()]
+             "|g_plain| for prefix+packed+chunked; train_det = two train-mode forwards equal (zoo config: "
+             "dropout/jitter 0); dflt_noise_det = the same with the architecture's default dropout/jitter", header()]
+    if args.scoring:
+        lines = [lines[0], "# tiltlm's scoring path (choose_path, prefix+packed+chunked requested): what it keeps; "
+                 "diff = worst |score - one forward per sequence| per sequence, nats",
+                 f"{'model_type':>26} {'sec':>6} {'kept layout':>22} {'diff':>8} | notes / refusal"]
     signal.signal(signal.SIGALRM, _alarm)
     start = time.perf_counter()
     for mt in args.model_types or zoo.ZOO:
         signal.alarm(args.limit_s)
         try:
-            row = survey_one(mt, pairs)
+            text = scoring_line(mt, pairs) if args.scoring else line(survey_one(mt, pairs))
         except Exception as e:  # noqa: BLE001 - build failed
-            row = {"model_type": mt, "build_s": 0.0, "notes": ["build: " + short(e)]}
+            text = line({"model_type": mt, "build_s": 0.0, "notes": ["build: " + short(e)]})
         finally:
             signal.alarm(0)
-        lines.append(line(row))
+        lines.append(text)
         print(lines[-1], flush=True)
         if args.out:
             pathlib.Path(args.out).write_text("\n".join(lines) + "\n")
