@@ -152,13 +152,12 @@ REFUSED: dict[str, str] = {
     # or not, and a batch of 2 agree with the one-sequence forward) -- real rows beyond index_topk would too
     **{mt: "batched rows change this model's log-probs" for mt in
        ("axk2", "deepseek_v32", "dots3_note", "dots3_note_text", "glm_moe_dsa", "hy_v4")},
+    # its train-mode forward needs the row length to equal prod(axial_pos_shape): no DPO batch can train it
+    "reformer": "the model's own forward fails in train mode",
 }
 
 # model_type -> a tiltlm scoring-path defect the zoo found (strict xfail: fixing it makes the test pass -> remove)
-SCORING_BUGS: dict[str, str] = {
-    "reformer": "choose_path's train-mode determinism check raises Reformer's raw ValueError (train mode needs the "
-                "row length to equal prod(axial_pos_shape)) instead of one ConfigError line",
-}
+SCORING_BUGS: dict[str, str] = {}
 
 # architectures whose fast-suite test carries the slow marker: 8-22 s each for the all-fast test (pytest --durations
 # on the shared 2-core box; choose_path tries every fast path alone on these stateful hybrids), the rest 0.1-4 s

@@ -32,7 +32,9 @@ ATTENTION_KINDS = ("full_attention", "sliding_attention", "chunked_attention")
 _STATEFUL = re.compile(r"Mamba|GatedDeltaNet|LinearAttention|LightningAttention|ShortConv|Recurrent|Rwkv|RWKV|"
                        r"LSTM|Lstm|SSM|Ssm|Retention|Hyena")
 _CONTAINER = re.compile(r"(ForCausalLM|Model|PreTrainedModel|Norm|RMSNorm|Block|DecoderLayer|Layer|Cache|"
-                        r"Embeddings?|Output)$")
+                        r"Embeddings?|Output)$|FeedForward|Mlp|MLP|Moe|MoE|Expert")
+# layer-type names of token mixers with a running state (others name attention kinds, MLPs or MoE blocks)
+_STATEFUL_KIND = re.compile(r"mamba|linear|recurren|rwkv|conv|ssm|lstm|delta|retention|hyena|rnn", re.I)
 _HOOKED = "_tiltlm_layer_rules"
 
 
@@ -71,7 +73,7 @@ def attention_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module
 def stateful_mixers(model: torch.nn.Module) -> list[str]:
     """Names of the token-mixing kinds that carry a state across tokens (layer types or module classes)."""
     config = text_config(model)
-    kinds = {t for t in getattr(config, "layer_types", None) or [] if isinstance(t, str) and t not in ATTENTION_KINDS}
+    kinds = {t for t in getattr(config, "layer_types", None) or [] if isinstance(t, str) and _STATEFUL_KIND.search(t)}
     kinds |= {type(m).__name__ for _, m in model.named_modules()
               if _STATEFUL.search(type(m).__name__) and not _CONTAINER.search(type(m).__name__)}
     return sorted(kinds)
