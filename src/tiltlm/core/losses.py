@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,19 @@ class LossHParams:
     simpo_gamma: float = 0.5  # SimPO target reward margin gamma (in reward units, as TRL's simpo_gamma)
     discopop_tau: float = 0.05
     bco_delta: float = 0.0  # running mean of rewards for bco_pair (the caller tracks it: RewardMean)
+
+    @classmethod
+    def from_options(cls, options: Any, **overrides: Any) -> "LossHParams":
+        """The one place loss hyper-parameters are built: every field read by name from `options` (a TrainConfig,
+        an argparse Namespace, the dict of a run's config.yaml, ...), so a field added here reaches the training
+        loop, the doctor, `tilt explain` and `tilt landscape` alike. A missing or None value keeps the default;
+        `overrides` (e.g. the loop's running `bco_delta`) win."""
+        def get(name: str) -> Any:
+            return options.get(name) if isinstance(options, Mapping) else getattr(options, name, None)
+
+        values = {f.name: get(f.name) for f in fields(cls)}
+        values.update(overrides)
+        return cls(**{k: float(v) for k, v in values.items() if v is not None})
 
 
 LossFn = Callable[[PairLogps, Optional[PairLogps], LossHParams], LossOutput]

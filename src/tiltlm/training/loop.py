@@ -136,8 +136,7 @@ def _train(s: Setup, requested: dict, log) -> dict:
 
 
 def loss_hparams(cfg: TrainConfig, bco_delta: float) -> LossHParams:
-    return LossHParams(beta=cfg.beta, label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma,
-                       discopop_tau=cfg.discopop_tau, bco_delta=bco_delta)
+    return LossHParams.from_options(cfg, bco_delta=bco_delta)
 
 
 def resume(s: Setup, requested: str, checkpoint_kw: dict, log) -> LoopState | None:
