@@ -25,7 +25,7 @@ def sig_loss(m: float) -> float:
 def healthy_record(step: int, n: int = 60) -> dict:
     """A textbook run: chosen up, rejected down, accuracy 0.55 -> 0.8, chosen log-prob flat, KL slow."""
     x = (step - 1) / (n - 1)  # 0 at step 1
-    wig = 0.02 * math.sin(step * 1.7)  # batch-to-batch noise
+    wig = 0.02 * math.sin(step * 1.7) if step > 1 else 0.0  # batch-to-batch noise (step 1: policy == reference)
     rc, rr = 0.4 * x + wig, -0.8 * x - wig
     margin = rc - rr
     return {
@@ -303,3 +303,15 @@ def test_healthy_run_with_lr_warmup_triggers_nothing(healthy_stats):
     for r in s:
         r["learning_rate"] = 5e-9 * r["step"]
     assert run(s) == []
+
+
+def test_one_sided_swap_is_a_sign_bug_not_a_reference_mismatch():
+    """At step 1 (policy == reference) a swap of chosen/rejected in the policy's OR the reference's log-probs gives
+    r_w = beta*(pi_l - ref_w) = -r_l for every pair: opposite rewards, a margin, a loss off ln 2."""
+    s = healthy_stream()
+    s[0].update({"rewards/chosen": 0.3, "rewards/rejected": -0.3, "rewards/margins": 0.6, "loss": sig_loss(0.6)})
+    found = run(s)
+    assert [f.check for f in found] == ["sign_bug"] and found[0].step == 1
+    assert "ONE side" in found[0].message and "BOTH sides" in found[0].fix
+    s[0].update({"rewards/chosen": -0.1, "rewards/rejected": -0.7})  # another reference: both moved, by other amounts
+    assert [f.check for f in run(s)] == ["reference_mismatch"]

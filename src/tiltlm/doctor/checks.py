@@ -163,10 +163,7 @@ class Doctor(LengthChecks):
         if is_finite(kl) and kl > t.ref_kl_tolerance and (per_tok is None or per_tok > t.ref_kl_per_token_tolerance):
             why.append(f"kl_proxy {kl:.3f} nats at step 1 (should be ~0)")
         rc, rr = as_number(rec, "rewards/chosen"), as_number(rec, "rewards/rejected")
-        scale = 2 * self.beta * kl if is_finite(kl) else 0.0  # |r_w| + |r_l| summed over the pair, on average
-        logratio = all(LOSSES[lt].reward == "logratio" for lt in self.loss_types if lt in LOSSES)
-        if why and logratio and kl > t.ref_kl_tolerance and is_finite(m) and is_finite(rc) and is_finite(rr) \
-                and abs(rc + rr) <= t.one_sided_sum * scale and abs(rc - rr - m) <= t.one_sided_sum * scale:
+        if self._one_sided(rc, rr, m):
             # lw' = pi_l - ref_w and ll' = pi_w - ref_l (or the reference swapped): at policy == reference every
             # pair's two log-ratios are exact opposites, something no genuinely different reference produces
             self._emit("sign:one_sided", True, "sign_bug", "error", step,
@@ -178,6 +175,18 @@ class Doctor(LengthChecks):
         elif why:
             self._emit("ref", True, "reference_mismatch", "error", step,
                        "; ".join(why) + ": the policy and the reference differ before the first update", out)
+
+    def _one_sided(self, rc: Optional[float], rr: Optional[float], m: Optional[float]) -> bool:
+        """Step-1 rewards that are not 0 but exact opposites (r_w = -r_l, per pair and so on average): chosen and
+        rejected swapped on one side. Policy == reference gives 0 and 0; a genuinely different reference moves both
+        replies' log-ratios its own way; only a swap makes them cancel (pair by pair, so their means too)."""
+        t = self.t
+        if not (all(is_finite(x) for x in (rc, rr, m)) and all(LOSSES[lt].reward == "logratio"
+                                                               for lt in self.loss_types if lt in LOSSES)):
+            return False
+        scale = abs(rc) + abs(rr)
+        return scale >= t.one_sided_min_reward and abs(rc + rr) <= t.one_sided_sum * scale \
+            and abs(rc - rr - m) <= t.one_sided_sum * scale
 
     def _check_grad_spike(self, step: int, out: list[Finding]) -> None:
         t = self.t

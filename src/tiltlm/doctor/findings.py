@@ -69,7 +69,8 @@ class DoctorThresholds:
     ref_kl_per_token_tolerance: float = 0.02  # ...kl_proxy / mean completion tokens (nats/token)
     ref_grad_ratio: float = 10.0  # first grad_norm > ratio * median of the next `ref_grad_window` records
     ref_grad_window: int = 10
-    one_sided_sum: float = 0.02  # |rewards/chosen + rewards/rejected| <= this * 2*beta*kl_proxy at step 1: one-sided
+    one_sided_sum: float = 0.02  # step 1: |rewards/chosen + rewards/rejected| <= this * their size: one-sided swap
+    one_sided_min_reward: float = 0.005  # ...when their size |rewards/chosen| + |rewards/rejected| is at least this
     # length_bias, either way (longer wins: correlation > 0; shorter wins: < 0). Data: data_stats.json
     length_chosen_longer_frac: float = 0.65  # chosen longer in > this share of pairs (or rejected longer)
     length_diff_effect: float = 0.3  # |mean| / sd of (chosen - rejected tokens) at least this: a warning...
@@ -81,10 +82,10 @@ class DoctorThresholds:
     # `length_corr_max_window` records)
     length_corr: float = 0.4  # |pooled correlation| at least this...
     length_corr_window: int = 5
-    length_corr_min_pairs: int = 128
+    length_corr_min_pairs: int = 64
     length_corr_max_window: int = 64
     length_corr_agree: float = 0.8  # ...with at least this share of the records on its side of 0...
-    length_corr_z: float = 2.5  # ...and its z-score against "no correlation" at least this (when pairs are logged)
+    length_corr_z: float = 3.5  # ...and its z-score against "no correlation" at least this (when pairs are logged)
     # held out: eval/len_diff_margin_corr of each eval, and at the end the pairs of pair_scores.jsonl
     length_eval_corr: float = 0.3  # |correlation| at least this over at least `length_eval_min_pairs` pairs...
     length_eval_min_pairs: int = 20
