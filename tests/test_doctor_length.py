@@ -182,3 +182,19 @@ def test_exo_pair_with_label_smoothing_is_not_a_reference_mismatch(tmp_path):
     assert [f.check for f in diagnose_run(tmp_path)] == []
     (tmp_path / "config.yaml").write_text("beta: 0.1\nlearning_rate: 5.0e-7\nloss_type: [exo_pair]\n")
     assert [f.check for f in diagnose_run(tmp_path)] == ["reference_mismatch"]  # eps 1e-3 expects 2.7612
+
+
+def test_report_page_and_explain_show_margin_against_length(tmp_path):
+    from tiltlm.commands.report import build_report
+    from tiltlm.commands.report_length import length_table
+
+    rows = _scores()
+    _write_run(tmp_path, HH_LAST_12, rows, _stats(-8.38, 51.13, 0.45, 0.53, 39.7, 48.1))
+    page = build_report(tmp_path).read_text()
+    assert (tmp_path / "report" / "length.png").stat().st_size > 5000
+    assert "Margin vs length difference" in page and 'alt="length"' in page and "shorter wins" in page
+    table = length_table(rows, 0.1, bins=4).splitlines()
+    assert "r = -0.9" in table[2] and len(table) == 4 + 4
+    # bins of 50 pairs sorted by length difference: the most negative difference has the largest margin
+    margins = [float(line.split()[-2]) for line in table[4:]]
+    assert margins == sorted(margins, reverse=True) and margins[0] > 0 > margins[-1]
