@@ -39,16 +39,23 @@ def z_score(r: float, n: Optional[float]) -> Optional[float]:
     return pooled_corr([r], [n])[1]
 
 
-def length_fix(corr: float, mean_diff: Optional[float] = None, std_diff: Optional[float] = None) -> str:
-    """The fix that fits the direction, with the data's own length difference when known."""
+def length_fix(corr: float, mean_diff: Optional[float] = None, std_diff: Optional[float] = None,
+               balanced_sd: float = 0.1) -> str:
+    """The fix that fits the direction, with the data's own length difference when known (a mean difference under
+    `balanced_sd` spreads: the data is balanced already, and only a length-normalised loss helps)."""
     longer = "chosen" if corr > 0 else "rejected"
     other = "rejected" if corr > 0 else "chosen"
-    here = f"; here chosen - rejected = {mean_diff:+.1f} ± {std_diff:.1f} tokens" if mean_diff is not None and \
-        std_diff is not None else ""
-    return (f"use a length-normalised loss: --loss-type sigmoid_norm (each log-ratio divided by its token count, so "
-            f"a reply's length no longer scales its reward) or simpo (per-token log-probs, no reference); or "
-            f"length-balance the pairs: drop or down-weight the pairs whose {longer} reply is much longer than the "
-            f"{other} one until the mean length difference is ~0{here}")
+    loss = ("use a length-normalised loss: --loss-type sigmoid_norm (each log-ratio divided by its token count, so a "
+            "reply's length no longer scales its reward) or simpo (per-token log-probs, no reference)")
+    known = mean_diff is not None and std_diff is not None
+    if known and abs(mean_diff) < balanced_sd * std_diff:
+        return (f"{loss}. The pairs are already length-balanced on average (chosen - rejected = {mean_diff:+.1f} ± "
+                f"{std_diff:.1f} tokens): the length signal comes from the summed log-probs themselves (a long reply's "
+                f"log-ratio moves by its per-token change times its length), so rebalancing the data will not remove "
+                f"it; the normalised loss does")
+    here = f"; here chosen - rejected = {mean_diff:+.1f} ± {std_diff:.1f} tokens" if known else ""
+    return (f"{loss}; or length-balance the pairs: drop or down-weight the pairs whose {longer} reply is much longer "
+            f"than the {other} one until the mean length difference is ~0{here}")
 
 
 @dataclass
