@@ -198,3 +198,15 @@ def test_report_page_and_explain_show_margin_against_length(tmp_path):
     # bins of 50 pairs sorted by length difference: the most negative difference has the largest margin
     margins = [float(line.split()[-2]) for line in table[4:]]
     assert margins == sorted(margins, reverse=True) and margins[0] > 0 > margins[-1]
+
+
+def test_data_stats_carry_the_length_difference(tmp_path):
+    """data_stats.json as training writes it: 26 pairs 8 vs 6 words, 24 pairs 6 vs 8 (one token a word, EOS on both
+    sides): difference +2 or -2, mean (52 - 48) / 50 = 0.08, sd sqrt(4 - 0.08^2)."""
+    from tiny_models import real_data_stats
+
+    stats = real_data_stats(tmp_path / "pairs.jsonl", [8] * 26 + [6] * 24, [6] * 26 + [8] * 24)
+    assert stats["length_diff"]["mean"] == pytest.approx(0.08)
+    assert stats["length_diff"]["std"] == pytest.approx(math.sqrt(4 - 0.08 ** 2))
+    assert (stats["length_diff"]["p5"], stats["length_diff"]["p95"]) == (-2.0, 2.0)
+    assert length_run([0.0] * 5, stats=stats) == []  # balanced
