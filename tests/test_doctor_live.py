@@ -86,3 +86,12 @@ def test_chosen_and_rejected_swapped_on_one_side_only(assets, tmp_path, monkeypa
     assert "sign_bug" in found and "reference_mismatch" not in found, found
     assert found["sign_bug"]["step"] == 1 and "ONE side" in found["sign_bug"]["message"]
     assert "BOTH sides" in found["sign_bug"]["fix"]
+
+
+def test_exo_pair_with_label_smoothing_has_no_false_reference_mismatch(assets, tmp_path):
+    """The live doctor gets every loss hyper-parameter: exo_pair's step-1 loss with label_smoothing 0.1 is
+    -ln2 - (ln 0.9 + ln 0.1)/2 = 0.5108 (not the 2.7612 of eps = 1e-3), and the run is its own reference."""
+    out = run(assets, tmp_path, loss_type="exo_pair", label_smoothing=0.1, max_steps=2)
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1 and first["loss"] == pytest.approx(0.510826, abs=1e-4)
+    assert "reference_mismatch" not in findings(out)
