@@ -325,3 +325,15 @@ def test_bf16_on_two_ranks_trains_like_bf16_in_one_process(assets, tmp_path, dis
     da, db = change(wa), change(wb)
     assert float(da @ db / (da.norm() * db.norm())) > 0.95
     assert "bfloat16" in proc.stdout
+
+
+def test_fsdp_rank_without_pairs_in_a_short_last_step_pads_its_calls(assets, tmp_path):
+    """5 pairs, 4 per step on 2 ranks: step 2 has 1 pair, so rank 1 has none and must still match rank 0's
+    collective calls (a zero-weight spare call) instead of raising."""
+    five = tmp_path / "five.jsonl"
+    five.write_text("".join((assets / "train.jsonl").read_text().splitlines(keepends=True)[:5]))
+    out = tmp_path / "run"
+    torchrun(assets, out, data=str(five), dist="fsdp", per_device_train_batch_size=2, max_steps=2, eval_steps=0)
+    train_records = [r for r in records(out) if "loss" in r]
+    assert [r["pairs"] for r in train_records] == [4, 1]
+    assert (out / "model.safetensors").is_file()

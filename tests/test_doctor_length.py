@@ -156,8 +156,11 @@ def test_loss_hparams_are_built_from_any_options_object():
 
     hp = LossHParams.from_options(Cfg(), bco_delta=0.25)
     assert hp == LossHParams(beta=0.3, label_smoothing=0.1, simpo_gamma=0.5, discopop_tau=0.2, bco_delta=0.25)
-    assert LossHParams.from_options({"beta": "0.2", "label_smoothing": 0.05}) == LossHParams(beta=0.2,
-                                                                                          label_smoothing=0.05)
+    # config.yaml's dict: an int where a float belongs is a float; the other fields keep their types
+    got = LossHParams.from_options({"beta": 1, "f_divergence_type": "js_divergence", "use_weighting": True,
+                                    "ld_alpha": 0.5, "unrelated": "x"})
+    assert got == LossHParams(beta=1.0, f_divergence_type="js_divergence", use_weighting=True, ld_alpha=0.5)
+    assert isinstance(got.beta, float)
 
 
 def test_exo_pair_with_label_smoothing_is_not_a_reference_mismatch(tmp_path):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tiltlm.core.batching import collate, micro_batches
-from tiltlm.core.logps import completion_logps, score_pairs
+from tiltlm.core.logps import completion_logps
+from tiltlm.model.scoring import ScoringPath
 from tiltlm.types import TokenizedPair
 
 from tiny_models import LAYOUTS, naive_logps, random_pairs, seed_response_logprob, tiny_model
@@ -68,7 +69,7 @@ def test_seed_response_logprob_agrees():
         attn[i, :len(r)] = 1
         resp[i, len(p.prompt_ids):len(r)] = 1
     want = seed_response_logprob(model, ids, attn, resp)
-    got = score_pairs(model, pairs, prefix_sharing=False, chunked=False)
+    got = ScoringPath(prefix_sharing=False, packing=False, chunked=False).score(model, pairs)
     torch.testing.assert_close(got.chosen, want, atol=1e-5, rtol=1e-6)
 
 

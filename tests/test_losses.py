@@ -80,6 +80,8 @@ STEP0 = {
     "apo_zero": 1.0,  # (1 - 0.5) + 0.5
     "apo_down": 1.0,  # 0.5 + (1 - 0.5)
     "discopop": 0.5 * LN2 + 0.5,  # w = sigma(0) = 0.5: 0.5 * ln2 + 0.5 * e^0
+    "aot": LN2,  # sorted (pi_w - pi_l) = (-4 - -6) = 2 = sorted (ref_w - ref_l): -ln sigma(0.1 * 0)
+    "aot_unpaired": LN2,  # sorted lw = 0 = sorted ll: -ln sigma(0)
     # 0.5 (ln 0.5 - ln 0.999) + 0.5 (ln 0.5 - ln 0.001) = -ln2 - (ln 0.999 + ln 0.001)/2
     #   = -0.6931472 - (-0.0010005 - 6.9077553)/2 = -0.6931472 + 3.4543779 = 2.7612307
     "exo_pair": -LN2 - 0.5 * (math.log(1 - EXO_EPS) + math.log(EXO_EPS)),
@@ -268,3 +270,52 @@ def test_batch_shapes():
     out = compute_loss(list(LOSSES), None, p, r, LossHParams())
     assert out.losses.shape == (B,) and out.chosen_rewards.shape == (B,)
     assert set(out.extras) == {f"loss/{n}" for n in LOSSES}
+
+
+# ------------------------------------------------------------------------------------------------ TRL 1.16 losses
+def two_pairs(pw, pl, rw, rl, nw=(1.0, 1.0), nl=(1.0, 1.0)):
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    return PairLogps(t(pw), t(pl), t(nw), t(nl)), PairLogps(t(rw), t(rl), t(nw), t(nl))
+
+
+def test_aot_sorts_the_batch():
+    # pair A: policy -1 / -3, ref -2 / -2;  pair B: policy -4 / -3, ref -1 / -4;  beta = 0.5
+    #   u = logpi_w - logpi_l = [2, -1] -> sorted [-1, 2];  v = logref_w - logref_l = [0, 3] -> sorted [0, 3]
+    #   sorted u - sorted v = [-1, -1]: both losses -ln sigma(-0.5) = softplus(0.5) = ln(1 + e^0.5) = 0.9740770
+    #   (per pair DPO would give h = [2, -4]: softplus(-1) = 0.3132617 and softplus(2) = 2.1269280)
+    pol, ref = two_pairs([-1.0, -4.0], [-3.0, -3.0], [-2.0, -1.0], [-2.0, -4.0])
+    hp = LossHParams(beta=0.5)
+    out = LOSSES["aot"](pol, ref, hp)
+    assert out.losses.tolist() == pytest.approx([0.9740770, 0.9740770], abs=1e-6)
+    assert LOSSES["sigmoid"](pol, ref, hp).losses.tolist() == pytest.approx([0.3132617, 2.1269280], abs=1e-6)
+    # rewards stay the pairs' own: beta * lw = 0.5 * [1, -3], beta * ll = 0.5 * [-1, 1]
+    assert out.chosen_rewards.tolist() == [0.5, -1.5] and out.rejected_rewards.tolist() == [-0.5, 0.5]
+    # label smoothing 0.1: 0.9 * softplus(0.5) + 0.1 * softplus(-0.5) = 0.8766693 + 0.0474077 = 0.9240770
+    smoothed = LOSSES["aot"](pol, ref, LossHParams(beta=0.5, label_smoothing=0.1)).losses
+    assert smoothed.tolist() == pytest.approx([0.9240770] * 2, abs=1e-6)
+
+
+def test_aot_unpaired_sorts_chosen_and_rejected_apart():
+    # the same pairs: lw = [-1 - -2, -4 - -1] = [1, -3] -> sorted [-3, 1];  ll = [-1, 1] -> sorted [-1, 1]
+    #   differences [-2, 0], beta = 0.5: softplus(1) = 1.3132617 and softplus(0) = ln 2
+    pol, ref = two_pairs([-1.0, -4.0], [-3.0, -3.0], [-2.0, -1.0], [-2.0, -4.0])
+    out = LOSSES["aot_unpaired"](pol, ref, LossHParams(beta=0.5))
+    assert out.losses.tolist() == pytest.approx([1.3132617, LN2], abs=1e-6)
+
+
+def test_sft_is_the_batch_token_mean_as_trl():
+    # chosen log-probs -3 over 1 token and -6 over 5 tokens: TRL's sft = (3 + 6) / (1 + 5) = 1.5 for both pairs
+    # (the mean of per-pair means, (3/1 + 6/5) / 2 = 2.1, would weigh the 1-token answer as much as the 5-token one)
+    pol, _ = two_pairs([-3.0, -6.0], [-1.0, -1.0], [0.0, 0.0], [0.0, 0.0], nw=(1.0, 5.0))
+    out = LOSSES["sft"](pol, None, LossHParams(beta=0.5))
+    assert out.losses.tolist() == [1.5, 1.5]
+    assert out.chosen_rewards.tolist() == pytest.approx([0.5 * -3.0, 0.5 * -6.0 / 5])
+
+
+def test_bco_pair_has_no_reward_shift_as_trl():
+    # lw = 1, ll = -1, beta = 0.5: -ln sigma(0.5) - ln sigma(0.5) = 2 softplus(-0.5) = 2 * 0.4740770 = 0.9481540
+    pol, ref = pair(-1.0, -3.0, dtype=torch.float64), pair(-2.0, -2.0, dtype=torch.float64)
+    assert LOSSES["bco_pair"](pol, ref, LossHParams(beta=0.5)).losses.item() == pytest.approx(0.9481540, abs=1e-6)
+    # the paper's shift delta stays available to `tilt explain`: delta = 0.5 -> -ln sigma(0) - ln sigma(1)
+    shifted = LOSSES["bco_pair"](pol, ref, LossHParams(beta=0.5, bco_delta=0.5)).losses.item()
+    assert shifted == pytest.approx(LN2 + 0.3132617, abs=1e-6)

@@ -14,7 +14,7 @@ from typing import Any, Optional, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .core.losses import parse_loss_types
+from .core.losses import LossHParams, check_modifiers, parse_loss_types
 from .errors import ConfigError
 
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")  # --report-to (training/trackers/, one module each)
@@ -41,6 +41,11 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cDPO / robust / exo_pair epsilon
     simpo_gamma: float = 0.5  # SimPO target reward margin gamma: loss = -logsigmoid(beta * delta - gamma)
     discopop_tau: float = 0.05
+    # TRL's modifiers of every loss (core/losses.py): f-DPO's divergence, WPO's pair weights, LD-DPO's tail weight
+    f_divergence_type: str = "reverse_kl"  # reverse_kl | forward_kl | js_divergence | alpha_divergence
+    f_alpha_divergence_coef: float = 0.5  # alpha of alpha_divergence
+    use_weighting: bool = False  # WPO: weight each pair by the policy's length-normalised pair probability
+    ld_alpha: Optional[float] = None  # LD-DPO: weight of the longer completion's tokens past the shorter's, in [0, 1]
 
     # --- optimisation
     learning_rate: float = 1e-6
@@ -133,6 +138,7 @@ class TrainConfig:
             raise ConfigError(f"beta must be > 0, got {self.beta}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        self._validate_loss_modifiers()
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                      "max_length", "logging_steps", "logps_chunk_size", "max_tokens_per_batch"):
             if getattr(self, name) < 1:
@@ -148,6 +154,15 @@ class TrainConfig:
         self.report_to = self._trackers()
         self._validate_dist_and_lora()
         return self
+
+    def _validate_loss_modifiers(self) -> None:
+        try:
+            check_modifiers(self.loss_type, LossHParams.from_options(self))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.use_weighting and self.dist == "fsdp":
+            raise ConfigError("use_weighting (WPO) is not supported with --dist fsdp: its extra no-grad forward runs "
+                              "outside the sharded root; use --dist ddp")
 
     def _validate_precision(self) -> None:
         if self.bf16 and self.fp16:

@@ -6,7 +6,7 @@ Data flows:  file rows -> PreferenceExample -> TokenizedPair -> (batching) -> Pa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -68,15 +68,26 @@ class TokenizedPair:
 
 @dataclass
 class PairLogps:
-    """Per-pair sequence log-probs (sums over completion tokens) and completion token counts, all shape (B,)."""
+    """Per-pair sequence log-probs (sums over completion tokens) and completion token counts, all shape (B,).
+
+    Optional, filled by core/logps.sequence_logps for the losses that need more than the sums:
+    `*_tail` -- the log-prob sum over the completion's tokens past the pair's shared length min(n_w, n_l)
+                (LD-DPO's "verbose" part; 0 for the shorter completion);
+    `*_log_sum_sq` -- the sum over completion tokens of log sum_v p_v^2, detached (WPO's weights)."""
 
     chosen: torch.Tensor
     rejected: torch.Tensor
     chosen_tokens: torch.Tensor  # float counts
     rejected_tokens: torch.Tensor
+    chosen_tail: Optional[torch.Tensor] = None
+    rejected_tail: Optional[torch.Tensor] = None
+    chosen_log_sum_sq: Optional[torch.Tensor] = None
+    rejected_log_sum_sq: Optional[torch.Tensor] = None
 
     def detach(self) -> "PairLogps":
-        return PairLogps(self.chosen.detach(), self.rejected.detach(), self.chosen_tokens, self.rejected_tokens)
+        d = lambda t: None if t is None else t.detach()  # noqa: E731
+        return PairLogps(self.chosen.detach(), self.rejected.detach(), self.chosen_tokens, self.rejected_tokens,
+                         d(self.chosen_tail), d(self.rejected_tail), self.chosen_log_sum_sq, self.rejected_log_sum_sq)
 
 
 @dataclass

@@ -16,14 +16,15 @@ from typing import Optional, get_args, get_origin, get_type_hints
 
 from .. import demo
 from ..config import ALIASES, TrainConfig, load_config
-from ..core.logps import score_pairs
 from ..data import prepare_dataset
 from ..errors import ConfigError, DataError, TrainingError, first_line
 from ..model.loading import fingerprint, load_model, load_tokenizer
+from ..model.precision import Precision
 from ..model.reference import CachedReference
+from ..model.scoring import choose_path
 from ..parallel import comm
 from ..training.api import train
-from ..training.setup import data_options
+from ..training.setup import data_options, requested_path
 from . import data, doctor, evaluate, explain, landscape, report
 from .data import TRAIN_OPTIONS as DATA_LAYOUT_OPTIONS
 
@@ -120,14 +121,18 @@ def run_precompute_ref(args: argparse.Namespace) -> int:
                                chat_template=cfg.chat_template, chat_template_kwargs=cfg.chat_template_kwargs)
     _, pairs, stats = prepare_dataset(cfg.data, tokenizer, max_length=cfg.max_length, skip_invalid=cfg.skip_invalid,
                                       split=cfg.dataset_train_split, **data_options(cfg))
-    model = load_model(cfg.model, dtype=cfg.dtype, device=comm.resolve_device(cfg.device),
-                       trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
-    logps = score_pairs(model, pairs, batch_size=cfg.per_device_eval_batch_size, pad_token_id=tokenizer.pad_token_id,
-                        chunk_size=cfg.logps_chunk_size)
+    device = comm.resolve_device(cfg.device)
+    model = load_model(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
+                       revision=cfg.revision)
+    # the same scoring path and start-up check as `tilt train`: the table equals the run's own reference pass
+    scoring = choose_path(model, pairs, requested_path(cfg, Precision.of(cfg.dtype, cfg.mixed_precision, device)),
+                          pad_token_id=tokenizer.pad_token_id)
+    logps = scoring.score(model, pairs, batch_size=cfg.per_device_eval_batch_size,
+                          pad_token_id=tokenizer.pad_token_id)
     table = CachedReference([p.index for p in pairs], logps)
     fp = fingerprint(cfg.model, cfg.revision)
-    path = table.save(args.output, metadata={"model": cfg.model, "model_fingerprint": fp,
-                                             "data": cfg.data, "max_length": cfg.max_length})
+    path = table.save(args.output, metadata={"model": cfg.model, "model_fingerprint": fp, "data": cfg.data,
+                                             "max_length": cfg.max_length, "scoring_path": scoring.tag})
     print(f"wrote reference log-probs of {len(pairs)} pairs ({stats.get('truncated', 0)} truncated) to {path}")
     return 0
 
@@ -143,7 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("precompute-ref", help="write reference log-probs of a dataset to a Parquet/JSONL table")
     p.add_argument("--config")
     for name in ("model", "data", "max_length", "max_prompt_length", "dtype", "device", "per_device_eval_batch_size",
-                 "prompt_delimiter", "skip_invalid", "trust_remote_code", *DATA_LAYOUT_OPTIONS):
+                 "prompt_delimiter", "skip_invalid", "trust_remote_code", "bf16", "fp16", "prefix_sharing", "packing",
+                 "chunked_logps", "logps_chunk_size", "max_tokens_per_batch", *DATA_LAYOUT_OPTIONS):
+        if get_type_hints(TrainConfig)[name] is bool:  # --flag, --no-flag, --flag true/false, as in `tilt train`
+            p.add_argument(*_flag_names(name), dest=name, nargs="?", const="true", default=None, metavar="BOOL")
+            p.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_const", const="false",
+                           help=argparse.SUPPRESS)
+            continue
         p.add_argument(*_flag_names(name), dest=name, default=None,
                        nargs="+" if name == "chat_template_kwargs" else None)
     p.add_argument("--output", required=True, help="output file (.parquet or .jsonl)")

@@ -23,10 +23,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..core.logps import check_fast_path, score_pairs
 from ..core.metrics import preference_accuracy
 from ..data import prepare_dataset
 from ..model.loading import load_model, load_tokenizer
+from ..model.scoring import ScoringPath, choose_path
 from ..parallel.comm import resolve_device
 from ..rundir import RunDir
 from ..types import PairLogps, as_text
@@ -81,10 +81,12 @@ def eval_metrics(policy: PairLogps, ref: Optional[PairLogps] = None, *, beta: fl
     return out, per
 
 
-def _score(model, pairs, tokenizer, batch_size: int):
+def _score(model, pairs, tokenizer, batch_size: int, path: ScoringPath = ScoringPath()):
+    """Through the one scoring path, checked on this model (what is not exact for it is turned off: lines on
+    stderr). Returns (log-probs, the path) so a reference model is checked with what the policy kept."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    fast = check_fast_path(model, pairs, pad_token_id=pad) is None
-    return score_pairs(model, pairs, batch_size=batch_size, pad_token_id=pad, prefix_sharing=fast, chunked=fast)
+    path = choose_path(model, pairs, path, pad_token_id=pad, log=lambda line: print(line, file=sys.stderr))
+    return path.score(model, pairs, batch_size=batch_size, pad_token_id=pad), path
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -96,11 +98,11 @@ def run_eval(args: argparse.Namespace) -> int:
     kw = dict(dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code)
     policy = load_model(args.model, **kw)
     ref_path = args.ref if args.ref else (None if args.no_ref else _default_ref(args.model))
-    pl = _score(policy, pairs, tokenizer, args.batch_size)
+    pl, path = _score(policy, pairs, tokenizer, args.batch_size)
     rl = None
     if ref_path:
         same = os.path.realpath(ref_path) == os.path.realpath(args.model)
-        rl = pl if same else _score(load_model(ref_path, **kw), pairs, tokenizer, args.batch_size)
+        rl = pl if same else _score(load_model(ref_path, **kw), pairs, tokenizer, args.batch_size, path)[0]
     summary, per = eval_metrics(pl, rl, beta=args.beta)
     summary.update({"model": args.model, "ref": ref_path, "data": args.data, "beta": args.beta,
                     "truncated": stats.get("truncated", 0), "skipped": stats.get("skipped", 0)})

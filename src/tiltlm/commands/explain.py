@@ -18,13 +18,13 @@ from typing import Any, Optional
 import torch
 
 from ..config import load_config
-from ..core.logps import score_pairs
 from ..core.losses import LOSSES, LossHParams, compute_loss, parse_loss_types
 from ..data import prepare_dataset
 from ..errors import ConfigError
 from ..model.loading import load_model, load_tokenizer
+from ..model.precision import Precision
 from ..rundir import CONFIG, PAIR_SCORES, RunDir
-from ..training.setup import data_options
+from ..training.setup import data_options, requested_path
 from ..types import PairLogps, as_text
 from .report_length import length_table
 
@@ -46,7 +46,7 @@ def explain_numbers(logp_chosen: float, logp_rejected: float, ref_chosen: Option
     """All the numbers of the walkthrough for one pair, as a plain dict (JSON-serialisable floats).
 
     `loss_type` is a name from LOSSES, a comma-separated string or a list (summed with `loss_weights`).
-    Optional keyword args: label_smoothing, simpo_gamma, discopop_tau, bco_delta, chosen_tokens, rejected_tokens
+    Optional keyword args: any LossHParams field but beta (label_smoothing, simpo_gamma, ...), chosen_tokens, rejected_tokens
     (token counts default to 1, i.e. the log-probs are treated as per-token values), loss_weights.
     Keys: inputs, loss_types, loss_weights, hparams, logratio_chosen/rejected (None without a reference),
     reward_chosen/rejected (the rewards of the first preference loss), margin, pref_prob = sigma(margin), loss,
@@ -198,10 +198,12 @@ def _score_now(run_dir: Path, cfg, index: int) -> dict:
     if not found:
         raise ConfigError(f"pair {index} is not a valid pair of {cfg.data} ({len(pairs)} valid pairs)")
     ex, pair = found[0]
-    policy = score_pairs(load_model(str(run_dir), dtype=cfg.dtype), [pair], pad_token_id=tokenizer.pad_token_id)
+    # the run's own scoring path, as its start-up check left it (config.yaml records what ran)
+    path = requested_path(cfg, Precision.of(cfg.dtype, cfg.mixed_precision, torch.device("cpu")))
+    policy = path.score(load_model(str(run_dir), dtype=cfg.dtype), [pair], pad_token_id=tokenizer.pad_token_id)
     revision = cfg.revision if cfg.ref_model in (None, cfg.model) else None
-    ref = score_pairs(load_model(cfg.ref_model or cfg.model, dtype=cfg.dtype, revision=revision), [pair],
-                      pad_token_id=tokenizer.pad_token_id)
+    ref = path.score(load_model(cfg.ref_model or cfg.model, dtype=cfg.dtype, revision=revision), [pair],
+                     pad_token_id=tokenizer.pad_token_id)
     return dict(index=index, source=ex.source, prompt=as_text(ex.prompt), chosen=as_text(ex.chosen),
                 rejected=as_text(ex.rejected), policy_chosen=float(policy.chosen[0]),
                 policy_rejected=float(policy.rejected[0]), ref_chosen=float(ref.chosen[0]),

@@ -28,14 +28,16 @@ def landscape_data(loss_types: Sequence[str], hp: LossHParams, m_min: float = -6
     data: dict = {"m": m.tolist()}
     for name in parse_loss_types(loss_types):
         mm = m.clone().requires_grad_(True)
-        zeros, ones = torch.zeros_like(m), torch.ones_like(m)
-        policy = PairLogps(mm / hp.beta, zeros, ones, ones)
-        ref = None if LOSSES[name].reference_free else PairLogps(zeros, zeros, ones, ones)
-        out = LOSSES[name](policy, ref, hp)
-        (grad,) = torch.autograd.grad(out.losses.sum(), mm)
+        zero, one = torch.zeros(1, dtype=m.dtype), torch.ones(1, dtype=m.dtype)
+        ref = None if LOSSES[name].reference_free else PairLogps(zero, zero, one, one)
+        # one pair per point: a landscape is one pair's loss (sft's batch mean and aot's sort couple a batch's pairs)
+        outs = [LOSSES[name](PairLogps(mm[i:i + 1] / hp.beta, zero, one, one), ref, hp) for i in range(len(m))]
+        losses = torch.cat([o.losses for o in outs])
+        margins = torch.cat([o.chosen_rewards - o.rejected_rewards for o in outs])
+        (grad,) = torch.autograd.grad(losses.sum(), mm)
         data[name] = {
-            "loss": out.losses.detach().tolist(),
-            "pref_prob": torch.sigmoid(out.chosen_rewards - out.rejected_rewards).tolist(),
+            "loss": losses.detach().tolist(),
+            "pref_prob": torch.sigmoid(margins).tolist(),
             "grad": grad.abs().tolist(),
         }
     return data

@@ -8,7 +8,9 @@
 
 All three are described by the same per-token layout -- (segment id, branch, position id) -- and one mask rule:
 token i may attend token j  iff  j <= i,  seg[i] == seg[j],  and branch[j] in {PROMPT, branch[i]}
-(`may_attend`: the one rule, used both for the dense mask and for FlexAttention's mask_mod).
+(`may_attend`: the one rule, used both for the dense mask and for FlexAttention's mask_mod). A layer with its own
+attention rule (a sliding window, chunked attention: `LayerRule`) adds it in the POSITION space of each sequence:
+positions restart for the rejected branch, so a window counts the tokens the layer would see in that sequence.
 A completion token is predicted by the hidden state *before* it in its own sequence; with prefix sharing the first
 rejected token is predicted by the last prompt token, which is therefore used twice. So instead of shifting
 logits we list, for every completion token, (row, position of the predicting hidden state, label, sequence id).
@@ -26,6 +28,22 @@ from ..types import TokenizedPair
 
 PAD_SEG = -1
 PROMPT, CHOSEN, REJECTED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """What one attention layer may see besides the causal rule, in its own sequence (transformers' overlays):
+    `window` -- sliding window: keys less than `window` positions behind the query (kv > q - window);
+    `chunk`  -- chunked attention: keys in the same block of `chunk` positions (q // chunk == kv // chunk)."""
+    window: Optional[int] = None
+    chunk: Optional[int] = None
+
+    def describe(self) -> str:
+        return (f"sliding window {self.window}" if self.window else f"chunks of {self.chunk}" if self.chunk
+                else "full attention")
+
+
+FULL = LayerRule()
 
 
 @dataclass
@@ -56,57 +74,68 @@ class ModelBatch:
               if k != "_masks"}
         return ModelBatch(**kw)
 
-    def attention_mask(self, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
-        """The mask in the form the model's attention expects (built once per batch and kept: a live reference
-        forward on the same batch reuses the policy's).
+    def attention_mask(self, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32,
+                       rule: LayerRule = FULL):
+        """The mask in the form the model's attention expects (built once per batch and rule, and kept: a live
+        reference forward on the same batch reuses the policy's).
 
-        A plain padded batch gets the usual 2D padding mask (the model builds its own causal mask, fast path).
+        A plain padded batch gets the usual 2D padding mask (the model builds its own causal and window masks).
         Shared or packed rows get the rule in the module docstring as a FlexAttention BlockMask when the model's
         attention is a flex implementation (masked blocks are skipped), else as a dense 4D mask: boolean for SDPA,
         additive (0 / -inf) for eager attention. Padding queries attend to themselves only, so no softmax row is
-        empty (their outputs are never read).
+        empty (their outputs are never read). Every 4D mask carries `tiltlm_for_rule(rule)`: the same batch's mask
+        for another layer rule (model/layer_rules.py swaps it in per layer, recomputation under checkpointing too).
         """
         if not self.shared_segments:
             return (self.segment_ids != PAD_SEG).long()
         kind = "flex" if "flex" in attn_implementation else "sdpa" if attn_implementation == "sdpa" else "eager"
-        key = (kind, dtype if kind == "eager" else None)
+        key = (kind, dtype if kind == "eager" else None, rule)
         if key not in self._masks:
-            self._masks[key] = (self.block_mask() if kind == "flex" else self.dense_mask() if kind == "sdpa"
-                                else additive(self.dense_mask(), dtype))
+            mask = (self.block_mask(rule) if kind == "flex" else self.dense_mask(rule) if kind == "sdpa"
+                    else additive(self.dense_mask(rule), dtype))
+            mask.tiltlm_for_rule = lambda other: self.attention_mask(attn_implementation, dtype, other)
+            self._masks[key] = mask
         return self._masks[key]
 
-    def dense_mask(self) -> torch.Tensor:
+    def dense_mask(self, rule: LayerRule = FULL) -> torch.Tensor:
         """(R, 1, L, L) boolean: True where a query may attend a key."""
-        seg, br = self.segment_ids, self.branch_ids
+        seg, br, pos = self.segment_ids, self.branch_ids, self.position_ids
         ar = torch.arange(seg.shape[1], device=seg.device)
         return may_attend(ar[:, None], ar[None, :], seg[:, :, None], seg[:, None, :], br[:, :, None],
-                          br[:, None, :])[:, None]
+                          br[:, None, :], pos[:, :, None], pos[:, None, :], rule)[:, None]
 
-    def mask_mod(self):
+    def mask_mod(self, rule: LayerRule = FULL):
         """The same rule as a FlexAttention mask_mod(b, h, q_idx, kv_idx) over this batch's rows."""
-        seg, br = self.segment_ids, self.branch_ids
+        seg, br, pos = self.segment_ids, self.branch_ids, self.position_ids
 
         def mod(b, h, q, kv):
-            return may_attend(q, kv, seg[b, q], seg[b, kv], br[b, q], br[b, kv])
+            return may_attend(q, kv, seg[b, q], seg[b, kv], br[b, q], br[b, kv], pos[b, q], pos[b, kv], rule)
 
         return mod
 
-    def block_mask(self):
+    def block_mask(self, rule: LayerRule = FULL):
         """FlexAttention's BlockMask of the rule: (R, 1, L, L) in blocks of 128; fully masked blocks are skipped.
         On CUDA the mask is built by a compiled kernel (no dense L x L intermediate)."""
         from torch.nn.attention.flex_attention import create_block_mask
 
         R, L = self.segment_ids.shape
-        return create_block_mask(self.mask_mod(), B=R, H=None, Q_LEN=L, KV_LEN=L, device=self.segment_ids.device,
-                                 _compile=self.segment_ids.is_cuda)
+        return create_block_mask(self.mask_mod(rule), B=R, H=None, Q_LEN=L, KV_LEN=L,
+                                 device=self.segment_ids.device, _compile=self.segment_ids.is_cuda)
 
 
-def may_attend(q, kv, seg_q, seg_kv, br_q, br_kv) -> torch.Tensor:
+def may_attend(q, kv, seg_q, seg_kv, br_q, br_kv, pos_q=None, pos_kv=None, rule: LayerRule = FULL) -> torch.Tensor:
     """THE mask rule (elementwise, broadcasting): query position q may attend key position kv of the same row iff
-    kv <= q, both are in the same (non-padding) segment, and the key is a prompt token or in the query's own branch.
+    kv <= q, both are in the same (non-padding) segment, the key is a prompt token or in the query's own branch,
+    and -- for a windowed or chunked layer -- the key's position id is inside the query's window / chunk.
     A padding query (or any query) may attend itself, so no softmax row is empty."""
     same = (seg_q == seg_kv) & (seg_kv != PAD_SEG)
-    return (q == kv) | ((kv <= q) & same & ((br_kv == PROMPT) | (br_kv == br_q)))
+    allowed = (kv <= q) & same & ((br_kv == PROMPT) | (br_kv == br_q))
+    if rule.window:
+        allowed = allowed & (pos_kv > pos_q - rule.window)
+    if rule.chunk:
+        allowed = allowed & (torch.div(pos_kv, rule.chunk, rounding_mode="floor")
+                             == torch.div(pos_q, rule.chunk, rounding_mode="floor"))
+    return (q == kv) | allowed
 
 
 def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

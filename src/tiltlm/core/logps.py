@@ -10,30 +10,44 @@ Two exact ways:
 
 from __future__ import annotations
 
-import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..types import PairLogps, TokenizedPair
-from .batching import ModelBatch, collate
+from ..types import PairLogps
+from .batching import ModelBatch
 
 
 def backbone_of(model: torch.nn.Module) -> torch.nn.Module:
-    """The decoder without its LM head (returns final-norm hidden states), e.g. LlamaForCausalLM.model."""
+    """The decoder without its LM head (returns final-norm hidden states), e.g. LlamaForCausalLM.model: the model's
+    own accessor (`get_decoder`) first, then `base_model_prefix`, then `.model` (Llama-4's prefix is
+    "language_model" but its decoder is `.model`)."""
     inner = getattr(model, "get_base_model", None)  # peft wrapper -> the transformers model
     if inner is not None:
         model = inner()
-    return getattr(model, model.base_model_prefix)
+    try:
+        decoder = model.get_decoder()
+    except AttributeError:
+        decoder = None
+    for candidate in (decoder, getattr(model, model.base_model_prefix, None), getattr(model, "model", None)):
+        if isinstance(candidate, torch.nn.Module) and candidate is not model:
+            return candidate
+    raise AttributeError(f"{type(model).__name__}: no decoder module found (get_decoder, base_model_prefix)")
 
 
 def logit_transform(config) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-    """Post-LM-head logit transforms some architectures apply inside forward(); we must apply them too."""
+    """Post-LM-head logit transforms some architectures apply inside forward(); we must apply them too. (The
+    start-up check in model/scoring.py compares the chunked head with the model's own forward, so a transform
+    missing here turns the chunked head off instead of training on wrong numbers.)"""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
     fns = []
     scale = getattr(config, "logit_scale", None)  # Cohere: logits * logit_scale
     if isinstance(scale, (int, float)) and scale != 1:
         fns.append(lambda x: x * scale)
+    mult = getattr(config, "lm_head_multiplier", None)  # Falcon-H1: logits * lm_head_multiplier
+    if isinstance(mult, (int, float)) and mult != 1:
+        fns.append(lambda x: x * mult)
     div = getattr(config, "logits_scaling", None)  # Granite: logits / logits_scaling
     if isinstance(div, (int, float)) and div != 1:
         fns.append(lambda x: x / div)
@@ -86,10 +100,14 @@ def token_logps(model: torch.nn.Module, batch: ModelBatch, *, chunked: bool = Tr
     """Per-completion-token log-probs (T,), fp32, in the order of batch.labels.
 
     A function of the plain (unsharded) model; a sharded model runs this same function inside its root unit
-    (the training strategy wraps it, see parallel/fsdp.py), so nothing here knows how the model is held."""
-    mask = batch.attention_mask(getattr(model.config, "_attn_implementation", "sdpa") or "sdpa",
-                                dtype=next(model.parameters()).dtype)
-    kwargs = dict(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=False)
+    (the training strategy wraps it, see parallel/fsdp.py), so nothing here knows how the model is held.
+    Plain padded rows are fed exactly as the model's own forward of one sequence (right padding, a 2D padding mask,
+    the model's default positions); shared and packed rows add their 4D mask and restarted position ids."""
+    kwargs = dict(input_ids=batch.input_ids, use_cache=False)
+    kwargs["attention_mask"] = batch.attention_mask(getattr(model.config, "_attn_implementation", "sdpa") or "sdpa",
+                                                    dtype=next(model.parameters()).dtype)
+    if batch.shared_segments:
+        kwargs["position_ids"] = batch.position_ids
     if not chunked:
         logits = model(**kwargs).logits  # (R, L, V): what the seed's response_logprob materialises
         picked = logits[batch.gather_rows, batch.gather_pos].float()  # (T, V)
@@ -100,57 +118,71 @@ def token_logps(model: torch.nn.Module, batch: ModelBatch, *, chunked: bool = Tr
                                transform=logit_transform(model.config))
 
 
-def sequence_logps(token_lp: torch.Tensor, batch: ModelBatch) -> PairLogps:
-    """Sum per-token log-probs into per-sequence sums (and counts) -> PairLogps in batch pair order."""
+def completion_positions(seq_ids: torch.Tensor, n_seq: int) -> torch.Tensor:
+    """For every completion token (in batch.labels order), its 0-based position within its own completion.
+
+    Every layout lists a sequence's tokens in completion order (core/batching.py), so a token's position is its rank
+    among the tokens of its sequence: a stable sort by sequence id, minus where each sequence starts."""
+    order = torch.argsort(seq_ids, stable=True)
+    counts = torch.bincount(seq_ids, minlength=n_seq)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.empty_like(seq_ids)
+    pos[order] = torch.arange(seq_ids.numel(), device=seq_ids.device) - starts[seq_ids[order]]
+    return pos
+
+
+def sequence_logps(token_lp: torch.Tensor, batch: ModelBatch,
+                   log_sum_sq: Optional[torch.Tensor] = None) -> PairLogps:
+    """Sum per-token log-probs into per-sequence sums (and counts) -> PairLogps in batch pair order.
+
+    Also the LD-DPO tails: the sums over each completion's tokens past the pair's shared length min(n_w, n_l) (zero
+    for the shorter one). With `log_sum_sq` (per token, log sum_v p_v^2: token_log_sum_sq_probs) its per-sequence
+    sums, detached, for WPO's weights."""
     n_seq = 2 * batch.num_pairs
-    sums = torch.zeros(n_seq, dtype=torch.float32, device=token_lp.device).index_add(0, batch.seq_ids, token_lp)
+    dtype = torch.promote_types(token_lp.dtype, torch.float32)  # fp32 sums (fp64 stays fp64: exact-value tests)
+    zeros = lambda: torch.zeros(n_seq, dtype=dtype, device=token_lp.device)  # noqa: E731
+    sums = zeros().index_add(0, batch.seq_ids, token_lp.to(dtype))
     counts = torch.bincount(batch.seq_ids, minlength=n_seq).float()
-    return PairLogps(chosen=sums[0::2], rejected=sums[1::2], chosen_tokens=counts[0::2], rejected_tokens=counts[1::2])
+    shared = torch.minimum(counts[0::2], counts[1::2]).repeat_interleave(2)  # per sequence: its pair's shared length
+    in_tail = completion_positions(batch.seq_ids, n_seq) >= shared[batch.seq_ids]
+    tails = zeros().index_add(0, batch.seq_ids, torch.where(in_tail, token_lp, 0.0).to(dtype))
+    sq = None if log_sum_sq is None else zeros().index_add(0, batch.seq_ids, log_sum_sq.detach().to(dtype))
+    return PairLogps(chosen=sums[0::2], rejected=sums[1::2], chosen_tokens=counts[0::2], rejected_tokens=counts[1::2],
+                     chosen_tail=tails[0::2], rejected_tail=tails[1::2],
+                     chosen_log_sum_sq=None if sq is None else sq[0::2],
+                     rejected_log_sum_sq=None if sq is None else sq[1::2])
+
+
+def _log_sum_sq(logits: torch.Tensor) -> torch.Tensor:
+    # log sum_v p_v^2 = log sum_v exp(2 z_v) - 2 log sum_v exp(z_v), in fp32
+    logits = logits.float()
+    return torch.logsumexp(2.0 * logits, dim=-1) - 2.0 * torch.logsumexp(logits, dim=-1)
+
+
+@torch.no_grad()
+def token_log_sum_sq_probs(model: torch.nn.Module, batch: ModelBatch, *, chunked: bool = True,
+                           chunk_size: int = 1024) -> torch.Tensor:
+    """Per completion token (batch.labels order), log sum_v pi(v | context)^2, fp32, no gradient: WPO's
+    normaliser (Zhou et al. 2024, arXiv:2406.11827, Eq. 2, TRL's `log_sum_sq_probs`).
+
+    A separate no-grad forward of the same batch (so --use-weighting costs about one more forward per micro-batch);
+    the same LM head, picked positions and logit transforms as token_logps."""
+    mask = batch.attention_mask(getattr(model.config, "_attn_implementation", "sdpa") or "sdpa",
+                                dtype=next(model.parameters()).dtype)
+    kwargs = dict(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=False)
+    if not chunked:
+        return _log_sum_sq(model(**kwargs).logits[batch.gather_rows, batch.gather_pos])
+    hidden = backbone_of(model)(**kwargs).last_hidden_state[batch.gather_rows, batch.gather_pos]
+    head, transform = model.get_output_embeddings(), logit_transform(model.config)
+    parts = []
+    for start in range(0, hidden.shape[0], chunk_size):  # (chunk, V) logits at a time, as chunked_token_logps
+        logits = hidden[start:start + chunk_size].float() @ head.weight.float().t()
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias.float()
+        parts.append(_log_sum_sq(logits if transform is None else transform(logits)))
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
 
 
 def completion_logps(model: torch.nn.Module, batch: ModelBatch, *, chunked: bool = True,
                      chunk_size: int = 1024) -> PairLogps:
     return sequence_logps(token_logps(model, batch, chunked=chunked, chunk_size=chunk_size), batch)
-
-
-@torch.no_grad()
-def score_pairs(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, batch_size: int = 8,
-                prefix_sharing: bool = True, chunked: bool = True, chunk_size: int = 1024,
-                pad_token_id: int = 0, progress=None) -> PairLogps:
-    """Log-probs of many pairs under `model` (no grad), returned in the order of `pairs`."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    parts = []
-    for start in range(0, len(pairs), batch_size):
-        batch = collate(pairs[start:start + batch_size], prefix_sharing=prefix_sharing,
-                        pad_token_id=pad_token_id).to(device)
-        parts.append(completion_logps(model, batch, chunked=chunked, chunk_size=chunk_size))
-        if progress is not None:
-            progress(len(batch.pair_index))
-    model.train(was_training)
-    if not parts:
-        z = torch.zeros(0)
-        return PairLogps(z, z, z, z)
-    cat = lambda name: torch.cat([getattr(p, name) for p in parts]).cpu()  # noqa: E731
-    return PairLogps(cat("chosen"), cat("rejected"), cat("chosen_tokens"), cat("rejected_tokens"))
-
-
-def check_fast_path(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, pad_token_id: int = 0,
-                    tol: float = 1e-3) -> Optional[str]:
-    """Compare the fast layout (prefix-shared, chunked) with the plain path on a few real pairs.
-
-    Run once at start-up so an architecture with an unusual head (a transform we don't know) is caught instead of
-    silently training on wrong log-probs. Returns None if they agree, else a message.
-    """
-    sample = list(pairs[:2])
-    if not sample:
-        return None
-    fast = score_pairs(model, sample, prefix_sharing=True, chunked=True, pad_token_id=pad_token_id)
-    plain = score_pairs(model, sample, prefix_sharing=False, chunked=False, pad_token_id=pad_token_id)
-    worst = max((fast.chosen - plain.chosen).abs().max().item(), (fast.rejected - plain.rejected).abs().max().item())
-    scale = max(1.0, plain.chosen.abs().max().item())
-    if not math.isfinite(worst) or worst > tol * scale:
-        return (f"fast log-prob path differs from the plain path by {worst:.3g} nats on this model; "
-                "falling back to --no-prefix-sharing --no-chunked-logps")
-    return None

@@ -151,6 +151,9 @@ class Doctor(LengthChecks):
             return
         why = []
         loss, exp = as_number(rec, "loss"), self._expected_start
+        weight = as_number(rec, "wpo_weight")  # WPO: each pair's loss is the policy = reference value times its weight
+        if exp is not None and is_finite(weight):
+            exp *= weight
         if is_finite(loss) and exp is not None and abs(loss - exp) > t.ref_loss_tolerance * max(1.0, abs(exp)):
             why.append(f"loss {loss:.4f} at step 1, but policy == reference gives {exp:.4f} for "
                        f"{self.loss_types[0]}")

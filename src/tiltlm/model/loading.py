@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 
 from .. import hub
 from ..errors import ConfigError, first_line
-from . import attention
+from . import attention, layer_rules
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -123,17 +123,33 @@ def load_model(path: str, *, dtype: str = "float32", device: str | torch.device 
             del model.config.quantization_config
     attention.settle(model)
     disable_dropout(model)
+    layer_rules.install(model)  # each attention layer's own mask rule in shared and packed rows
     return model.to(device)
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
-    """DPO compares the policy with a frozen reference: dropout would make the two differ at step 0."""
+    """DPO compares the policy with a frozen reference: any train-mode randomness would make the two differ at
+    step 0. Off: every nn.Dropout, and every float rate a module or the config keeps for functional dropout or noise
+    (OPT's layers copy `dropout` / `layerdrop` at init, PhiMoE its jitter noise). model/scoring.py then checks that
+    a train-mode forward equals an eval-mode one."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    for name in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout"):
-        if isinstance(getattr(model.config, name, None), float):
-            setattr(model.config, name, 0.0)
+        for name, value in list(vars(module).items()):
+            if _is_random_rate(name, value):
+                setattr(module, name, 0.0)
+    configs = [model.config]
+    if hasattr(model.config, "get_text_config") and model.config.get_text_config() is not model.config:
+        configs.append(model.config.get_text_config())
+    for config in configs:
+        for name, value in list(vars(config).items()):
+            if _is_random_rate(name, value):
+                setattr(config, name, 0.0)
+
+
+def _is_random_rate(name: str, value) -> bool:
+    return (isinstance(value, float) and not isinstance(value, bool) and value > 0
+            and any(k in name for k in ("dropout", "pdrop", "layerdrop", "jitter")))
 
 
 def fingerprint(path: str, revision: Optional[str] = None) -> str:

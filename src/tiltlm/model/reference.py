@@ -25,7 +25,10 @@ from ..errors import writing
 from ..parallel import comm
 from ..types import PairLogps, TokenizedPair
 
-COLUMNS = ("index", "chosen_logp", "rejected_logp", "chosen_tokens", "rejected_tokens")
+# the *_tail_logp columns: log-prob sums past each pair's shared length (LD-DPO's ld_alpha); a cache file written
+# before they existed is recomputed once
+COLUMNS = ("index", "chosen_logp", "rejected_logp", "chosen_tokens", "rejected_tokens", "chosen_tail_logp",
+           "rejected_tail_logp")
 
 
 def pairs_digest(pairs: Sequence[TokenizedPair]) -> str:
@@ -43,6 +46,15 @@ def _rows_digest(rows: Sequence[dict]) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
+def pair_row(index: int, lp: PairLogps, k: int) -> dict:
+    """The k-th pair of `lp` as a cache-table row (COLUMNS)."""
+    row = dict(index=index, chosen_logp=float(lp.chosen[k]), rejected_logp=float(lp.rejected[k]),
+               chosen_tokens=int(lp.chosen_tokens[k]), rejected_tokens=int(lp.rejected_tokens[k]))
+    if lp.chosen_tail is not None and lp.rejected_tail is not None:
+        row.update(chosen_tail_logp=float(lp.chosen_tail[k]), rejected_tail_logp=float(lp.rejected_tail[k]))
+    return row
+
+
 class CachedReference:
     """Reference log-probs looked up by pair index."""
 
@@ -56,17 +68,19 @@ class CachedReference:
         except KeyError as e:
             raise KeyError(f"pair {e.args[0]} is not in the reference cache") from None
         dev = batch.pair_index.device
-        pick = lambda t: t[rows].to(dev)  # noqa: E731
-        return PairLogps(pick(self.logps.chosen), pick(self.logps.rejected),
-                         pick(self.logps.chosen_tokens), pick(self.logps.rejected_tokens))
+        pick = lambda t: None if t is None else t[rows].to(dev)  # noqa: E731
+        lp = self.logps
+        return PairLogps(pick(lp.chosen), pick(lp.rejected), pick(lp.chosen_tokens), pick(lp.rejected_tokens),
+                         chosen_tail=pick(lp.chosen_tail), rejected_tail=pick(lp.rejected_tail))
+
+    @property
+    def has_tails(self) -> bool:
+        return self.logps.chosen_tail is not None and self.logps.rejected_tail is not None
 
     # --- a readable table: one row per pair ---------------------------------------------------------------
     def to_rows(self) -> list[dict]:
         idx = sorted(self.row_of, key=self.row_of.get)
-        lp = self.logps
-        return [dict(index=i, chosen_logp=float(lp.chosen[k]), rejected_logp=float(lp.rejected[k]),
-                     chosen_tokens=int(lp.chosen_tokens[k]), rejected_tokens=int(lp.rejected_tokens[k]))
-                for k, i in enumerate(idx)]
+        return [pair_row(i, self.logps, k) for k, i in enumerate(idx)]
 
     def save(self, path: str | Path, metadata: Optional[dict] = None) -> Path:
         """Write as Parquet (.parquet, with the rows' sha256 in its metadata) or JSON lines (anything else).
@@ -97,8 +111,11 @@ class CachedReference:
     @classmethod
     def from_rows(cls, rows: Sequence[dict]) -> "CachedReference":
         col = lambda k: torch.tensor([float(r[k]) for r in rows], dtype=torch.float32)  # noqa: E731
+        tails = all("chosen_tail_logp" in r and "rejected_tail_logp" in r for r in rows)
         return cls([int(r["index"]) for r in rows],
-                   PairLogps(col("chosen_logp"), col("rejected_logp"), col("chosen_tokens"), col("rejected_tokens")))
+                   PairLogps(col("chosen_logp"), col("rejected_logp"), col("chosen_tokens"), col("rejected_tokens"),
+                             chosen_tail=col("chosen_tail_logp") if tails else None,
+                             rejected_tail=col("rejected_tail_logp") if tails else None))
 
     @classmethod
     def load(cls, path: str | Path) -> "CachedReference":
@@ -161,7 +178,7 @@ def cached_reference(score: Callable[[Sequence[TokenizedPair]], PairLogps], mode
     if world.is_main and path.is_file():
         try:
             ref = CachedReference.load(path)
-            if set(ref.row_of) == {p.index for p in pairs}:
+            if set(ref.row_of) == {p.index for p in pairs} and ref.has_tails:
                 hit = ref
         except Exception as e:  # a corrupt cache file is recomputed, never trusted
             log(f"reference cache {path} unreadable ({e}); recomputing")
@@ -173,9 +190,7 @@ def cached_reference(score: Callable[[Sequence[TokenizedPair]], PairLogps], mode
         + (f" on {world.size} ranks" if world.enabled else "") + f" -> {path}")
     mine = comm.shard(pairs)
     lp = score(mine)
-    rows = [dict(index=p.index, chosen_logp=float(lp.chosen[k]), rejected_logp=float(lp.rejected[k]),
-                 chosen_tokens=int(lp.chosen_tokens[k]), rejected_tokens=int(lp.rejected_tokens[k]))
-            for k, p in enumerate(mine)]
+    rows = [pair_row(p.index, lp, k) for k, p in enumerate(mine)]
     order = {p.index: k for k, p in enumerate(pairs)}  # back to the order of `pairs`, as one process has it
     ref = CachedReference.from_rows(sorted((r for part in comm.gather_objects(rows) for r in part),
                                            key=lambda r: order[r["index"]]))

@@ -9,7 +9,6 @@ from typing import Callable, Optional
 
 import torch
 
-from ..core.batching import micro_batches
 from ..core.losses import LossHParams
 from ..core.metrics import MetricWindow
 from ..errors import TrainingError, writing
@@ -24,11 +23,10 @@ from .step import forward_pairs
 
 
 def _batches(s: Setup, pairs: list, batch_size: int) -> list:
+    """The run's scoring path over `pairs`, `batch_size` pairs (or, packed, one token budget) at a time."""
     return [b for start in range(0, len(pairs), batch_size)
-            for b in micro_batches(pairs[start:start + batch_size], batch_size=batch_size,
-                                   prefix_sharing=s.cfg.prefix_sharing, packing=False,
-                                   max_tokens_per_batch=s.cfg.max_tokens_per_batch,
-                                   pad_token_id=s.tokenizer.pad_token_id)]
+            for b in s.path.micro_batches(pairs[start:start + batch_size], batch_size=batch_size,
+                                          pad_token_id=s.tokenizer.pad_token_id)]
 
 
 @torch.no_grad()

@@ -22,7 +22,8 @@ from . import checkpoint as ckpt
 from . import tr_dpo
 from .evaluation import evaluate, finish_run
 from .optim import UpdateProbe, build_optimizer, total_steps
-from .precision import DTYPES, LossScaler
+from ..model.loading import DTYPES
+from .precision import LossScaler
 from .reporting import Reporter
 from .setup import Inputs, Setup, open_run_dir, setup
 from .state import LoopState, NonfiniteGuard, StopSignals
@@ -72,19 +73,18 @@ def _train(s: Setup, requested: dict, log) -> dict:
     report = Reporter.for_run(run, cfg, log, total_steps=steps, done_steps=state.step, callbacks=s.inputs.callbacks)
     window, nonfinite, last, last_eval = MetricWindow(), NonfiniteGuard(cfg.max_nonfinite_steps), {}, {}
     probe = UpdateProbe(params, seed=cfg.seed)  # how much of each update the stored weights keep (doctor)
-    hp = loss_hparams(cfg, bco_delta=state.rewards.value)
+    hp = loss_hparams(cfg)
     s.model.train()
     with StopSignals() as stop:
         try:
             while state.step < steps and not stop.requested:
                 t_step = time.perf_counter()
-                hp = loss_hparams(cfg, bco_delta=state.rewards.value)
+                hp = loss_hparams(cfg)
                 pairs = step_pairs(s.train_pairs, state.step, pairs_per_step, cfg.seed)
-                step_window, step_rewards, finite = backward_step(s, pairs, hp, loss_scale=state.scaler.scale)
+                step_window, finite = backward_step(s, pairs, hp, loss_scale=state.scaler.scale)
                 strategy.reduce_gradients(params)  # SUM over processes = the gradient of the whole step
                 state.scaler.unscale_(params)  # fp16: back to true gradients before clipping (else a no-op)
                 step_window = strategy.reduce(step_window)  # every process holds the global sums
-                state.rewards.merge(strategy.reduce(step_rewards))
                 grad_norm = strategy.clip_grad_norm(params, cfg.max_grad_norm)  # global fp64 norm BEFORE clipping
                 finite, kept = strategy.all_true(finite), None
                 if finite and math.isfinite(grad_norm):
@@ -135,8 +135,8 @@ def _train(s: Setup, requested: dict, log) -> dict:
     return {**last, **last_eval}
 
 
-def loss_hparams(cfg: TrainConfig, bco_delta: float) -> LossHParams:
-    return LossHParams.from_options(cfg, bco_delta=bco_delta)
+def loss_hparams(cfg: TrainConfig) -> LossHParams:
+    return LossHParams.from_options(cfg)
 
 
 def resume(s: Setup, requested: str, checkpoint_kw: dict, log) -> LoopState | None:

@@ -1,8 +1,9 @@
 """Everything a run needs before its first step: the run folder, the pairs, the policy, the reference.
 
-Read top to bottom, `setup` is the recipe: folder -> tokenizer and pairs -> policy (fast-path check, LoRA,
-gradient checkpointing) -> config.yaml as it will actually run -> reference (cached, live, or adapter-off) ->
-the policy handed to the parallel strategy. The loop (loop.py) gets a `Setup` and never learns how any of it
+Read top to bottom, `setup` is the recipe: folder -> tokenizer and pairs -> policy -> the scoring path (the start-up
+check decides, once, how every model of the run turns pairs into log-probs: model/scoring.py) -> LoRA, gradient
+checkpointing -> config.yaml as it will actually run -> reference (cached, live, or adapter-off) -> the policy
+handed to the parallel strategy. The loop (loop.py) gets a `Setup` and never learns how any of it
 was made.
 """
 
@@ -18,7 +19,6 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..core.batching import ModelBatch
-from ..core.logps import check_fast_path, score_pairs, token_logps
 from ..core.losses import needs_reference
 from ..data import Columns, available_splits, prepare_dataset
 from ..data.memory import InMemoryRows
@@ -27,6 +27,7 @@ from ..model import lora
 from ..model.in_memory import adopt, frozen_copy, state_fingerprint
 from ..model.loading import fingerprint, load_model, load_tokenizer, with_chat_template, with_pad_token
 from ..model.reference import LiveReference, cached_reference
+from ..model.scoring import ScoringPath, choose_path
 from ..parallel import comm
 from ..parallel.strategy import Replicated
 from ..rundir import DATA_STATS, REFERENCE, SKIPPED, SKIPPED_EVAL, RunDir
@@ -55,6 +56,7 @@ class Setup:
     strategy: Replicated  # or its subclass Sharded: how the processes hold the model
     device: torch.device
     precision: Precision  # weights' dtype and the autocast dtype every forward (policy, reference, eval) runs in
+    path: ScoringPath  # how every model of the run scores pairs (layout, LM head, precision): chosen once
     tokenizer: object
     model: torch.nn.Module  # the policy as optimizers and state dicts see it (peft-wrapped under LoRA)
     policy: Callable[[ModelBatch], torch.Tensor]  # batch -> per-token log-probs (the sharded root under FSDP)
@@ -91,10 +93,10 @@ def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = p
     cached = cfg.precompute_ref_log_probs and needs_reference(cfg.loss_type) and cfg.ref_model in (None, cfg.model)
     in_memory_fp = state_fingerprint(model) if inputs.model is not None and cached else None
     check_model_fits_pairs(model, [*train_pairs, *eval_pairs], cfg, log)
-    problem = check_fast_path(model, train_pairs, pad_token_id=tokenizer.pad_token_id)
-    if problem and (cfg.prefix_sharing or cfg.chunked_logps or cfg.packing):
-        log(f"warning: {problem}")
-        cfg.prefix_sharing = cfg.chunked_logps = cfg.packing = False
+    precision = Precision.of(cfg.dtype, cfg.mixed_precision, device)
+    path = choose_path(model, train_pairs, requested_path(cfg, precision), pad_token_id=tokenizer.pad_token_id,
+                       log=log)
+    cfg.prefix_sharing, cfg.packing, cfg.chunked_logps = path.prefix_sharing, path.packing, path.chunked
     if cfg.uses_lora:
         model = lora.apply(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                            target_modules=cfg.lora_target_modules, adapter=cfg.lora_adapter,
@@ -102,20 +104,25 @@ def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = p
     enable_gradient_checkpointing(model, cfg.gradient_checkpointing, log)
     run.write_config(cfg.to_dict())  # after the start-up decisions: the folder says what actually runs
 
-    precision = Precision.of(cfg.dtype, cfg.mixed_precision, device)
     if (slow := half_precision_warning(precision)) is not None:
         log(f"warning: {slow}")
-    token_fn = precision.wrap(functools.partial(token_logps, chunked=cfg.chunked_logps,
-                                                chunk_size=cfg.logps_chunk_size))
     reference = eval_reference = None
     if needs_reference(cfg.loss_type):
-        reference, eval_reference = build_reference(cfg, strategy, model, token_fn, precision, train_pairs,
-                                                    eval_pairs, tokenizer, device, run, log,
-                                                    in_memory=inputs.model is not None, in_memory_fp=in_memory_fp)
-    policy = strategy.wrap(model, token_fn)  # after the (unsharded, distributed) reference pass
-    log(f"{strategy.describe()}; {precision.describe()}")
-    return Setup(cfg, run, strategy, device, precision, tokenizer, model, policy, train_pairs, eval_pairs,
+        reference, eval_reference, path = build_reference(cfg, strategy, model, path, train_pairs, eval_pairs,
+                                                          tokenizer, device, run, log,
+                                                          in_memory=inputs.model is not None,
+                                                          in_memory_fp=in_memory_fp)
+    policy = strategy.wrap(model, path.token_logps)  # after the (unsharded, distributed) reference pass
+    log(f"{strategy.describe()}; {precision.describe()}; log-probs: {path.layout}")
+    return Setup(cfg, run, strategy, device, precision, path, tokenizer, model, policy, train_pairs, eval_pairs,
                  examples, reference, eval_reference, inputs)
+
+
+def requested_path(cfg: TrainConfig, precision: Precision) -> ScoringPath:
+    """The scoring path the options ask for (before the start-up check)."""
+    return ScoringPath(prefix_sharing=cfg.prefix_sharing, packing=cfg.packing, chunked=cfg.chunked_logps,
+                       chunk_size=cfg.logps_chunk_size, max_tokens_per_batch=cfg.max_tokens_per_batch,
+                       precision=precision)
 
 
 def open_run_dir(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> RunDir:
@@ -230,42 +237,51 @@ def enable_gradient_checkpointing(model: torch.nn.Module, enabled: bool, log: Ca
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, token_fn, precision: Precision, train_pairs,
+def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, path: ScoringPath, train_pairs,
                     eval_pairs, tokenizer, device, run: RunDir, log: Callable, *, in_memory: bool = False,
-                    in_memory_fp: Optional[str] = None) -> tuple[Reference, Optional[Reference]]:
-    """(training reference, eval reference): cached log-probs, or a live model -- the policy with its adapter
-    off under LoRA, else a frozen copy of --ref-model / --model (or of the in-memory policy before training),
-    held (and sharded) like the policy. Either way it is scored in the policy's precision (`token_fn` and the
-    cached pass run under the same autocast), so at step 0 policy = reference holds in bf16 too.
-    `in_memory_fp`: the cache key part of an in-memory policy."""
+                    in_memory_fp: Optional[str] = None) -> tuple[Reference, Optional[Reference], ScoringPath]:
+    """(training reference, eval reference, the scoring path): cached log-probs, or a live model -- the policy with
+    its adapter off under LoRA, else a frozen copy of --ref-model / --model (or of the in-memory policy before
+    training), held (and sharded) like the policy. Either way it is scored through the run's one scoring path, so
+    at step 0 policy = reference holds in bf16 too. A separate --ref-model is checked as the policy was: what is not
+    exact for it is turned off for the whole run (the path returned). `in_memory_fp`: the cache key part of an
+    in-memory policy."""
     same_model = cfg.ref_model is None or cfg.ref_model == cfg.model
     revision = cfg.revision if same_model else None  # --revision is --model's; another hub repo: its default
+    ref_model = None
+    if not same_model:
+        ref_model = load_model(cfg.ref_model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
+                               attn_implementation=cfg.attn_implementation)
+        checked = choose_path(ref_model, train_pairs, path, pad_token_id=tokenizer.pad_token_id, log=log)
+        if checked != path:
+            path = checked
+            cfg.prefix_sharing, cfg.packing, cfg.chunked_logps = path.prefix_sharing, path.packing, path.chunked
+            run.write_config(cfg.to_dict())
     if cfg.precompute_ref_log_probs:
         # at step 0 the policy IS the reference (a fresh LoRA adapter is zero; a continued one equals its frozen
         # copy): it scores the pairs before training, and no second model ever exists
-        ref_model = policy_model if same_model else load_model(cfg.ref_model, dtype=cfg.dtype, device=device,
-                                                               trust_remote_code=cfg.trust_remote_code,
-                                                               attn_implementation=cfg.attn_implementation)
+        ref_model = ref_model or policy_model
         fp = lora.fingerprint(in_memory_fp or fingerprint(cfg.ref_model or cfg.model, revision), cfg.lora_adapter)
-        score = precision.wrap(functools.partial(_score_with_progress, ref_model, cfg, tokenizer.pad_token_id))
-        reference, path, _ = cached_reference(score, fp, precision.tag, train_pairs, cache_dir=cfg.ref_cache_dir,
-                                              log=log)
-        eval_reference = cached_reference(score, fp, precision.tag, eval_pairs, cache_dir=cfg.ref_cache_dir,
+        score = functools.partial(_score_with_progress, path, ref_model, cfg, tokenizer.pad_token_id)
+        reference, cache, _ = cached_reference(score, fp, path.tag, train_pairs, cache_dir=cfg.ref_cache_dir,
+                                               log=log)
+        eval_reference = cached_reference(score, fp, path.tag, eval_pairs, cache_dir=cfg.ref_cache_dir,
                                           log=log)[0] if eval_pairs else None
-        run.write_json(REFERENCE, {"cache": str(path), "model_fingerprint": fp})
-        return reference, eval_reference
+        run.write_json(REFERENCE, {"cache": str(cache), "model_fingerprint": fp, "scoring_path": path.tag})
+        return reference, eval_reference, path
     if cfg.uses_lora and same_model:  # the policy itself, switched to its reference weights for the call
-        live = LiveReference(policy_model, functools.partial(token_fn, policy_model), switch=lora.reference_weights)
+        live = LiveReference(policy_model, functools.partial(path.token_logps, policy_model),
+                             switch=lora.reference_weights)
     else:
-        ref_model = frozen_copy(policy_model) if in_memory and same_model else load_model(
-            cfg.ref_model or cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
-            attn_implementation=cfg.attn_implementation, revision=revision)
-        live = LiveReference(ref_model, strategy.wrap(ref_model, token_fn))
-    return live, live
+        ref_model = ref_model or (frozen_copy(policy_model) if in_memory else load_model(
+            cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
+            attn_implementation=cfg.attn_implementation, revision=revision))
+        live = LiveReference(ref_model, strategy.wrap(ref_model, path.token_logps))
+    return live, live, path
 
 
-def _score_with_progress(model, cfg: TrainConfig, pad_token_id: int, pairs) -> PairLogps:
+def _score_with_progress(path: ScoringPath, model, cfg: TrainConfig, pad_token_id: int, pairs) -> PairLogps:
     show = cfg.progress and comm.world().is_main
     with tqdm(total=len(pairs), desc="reference log-probs", unit="pair", disable=not show, leave=False) as bar:
-        return score_pairs(model, pairs, batch_size=cfg.per_device_eval_batch_size, pad_token_id=pad_token_id,
-                           chunk_size=cfg.logps_chunk_size, progress=bar.update)
+        return path.score(model, pairs, batch_size=cfg.per_device_eval_batch_size, pad_token_id=pad_token_id,
+                          progress=bar.update)

@@ -1,8 +1,7 @@
 """The small pieces of state the training loop carries from step to step, each a named helper.
 
-* `LoopState`  -- where the run is (step, pairs seen, skipped steps, BCO's reward mean); saved in every
-                  checkpoint as loop_state.json, so a resumed run continues exactly.
-* `RewardMean` -- the running mean of implicit rewards that BCO's loss shifts by (delta); merges across processes.
+* `LoopState`  -- where the run is (step, pairs seen, skipped steps); saved in every checkpoint as
+                  loop_state.json, so a resumed run continues exactly.
 * `NonfiniteGuard` -- a step with a non-finite loss or gradient is skipped; too many in a row stop the run (an fp16
                     step whose loss is finite but whose scaled gradients overflowed is loss scaling at work: it is
                     skipped and counted as `overflow_steps`, and does not count towards stopping).
@@ -15,32 +14,8 @@ import signal
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
-
 from ..errors import TrainingError
-from ..types import LossOutput
 from .precision import LossScaler
-
-
-@dataclass
-class RewardMean:
-    """Sum and count of implicit rewards (chosen and rejected) seen so far; `value` is BCO's delta."""
-
-    sum: float = 0.0
-    n: int = 0
-
-    def add(self, out: LossOutput) -> None:
-        rewards = torch.cat([out.chosen_rewards, out.rejected_rewards]).detach()
-        self.sum += float(rewards.sum())
-        self.n += rewards.numel()
-
-    def merge(self, other: "RewardMean") -> None:
-        self.sum += other.sum
-        self.n += other.n
-
-    @property
-    def value(self) -> float:
-        return self.sum / max(self.n, 1)
 
 
 @dataclass
@@ -48,14 +23,13 @@ class LoopState:
     step: int = 0
     pairs_seen: int = 0
     nonfinite_total: int = 0
-    rewards: RewardMean = field(default_factory=RewardMean)
     overflow_total: int = 0  # fp16 steps skipped because the scaled gradients overflowed (the scale then halves)
     scaler: LossScaler = field(default_factory=lambda: LossScaler(enabled=False))
 
     def to_dict(self) -> dict:
         """The loop_state.json record (flat keys, as checkpoints have always stored them)."""
         return {"step": self.step, "pairs_seen": self.pairs_seen, "nonfinite_total": self.nonfinite_total,
-                "bco_sum": self.rewards.sum, "bco_n": self.rewards.n, "overflow_total": self.overflow_total,
+                "overflow_total": self.overflow_total,
                 **self.scaler.state_dict()}
 
     def precision_metrics(self) -> dict:
@@ -66,7 +40,6 @@ class LoopState:
     def from_dict(cls, d: dict, scaler: LossScaler) -> "LoopState":
         scaler.load_state_dict(d)
         return cls(step=int(d["step"]), pairs_seen=int(d["pairs_seen"]), nonfinite_total=int(d["nonfinite_total"]),
-                   rewards=RewardMean(float(d.get("bco_sum", 0.0)), int(d.get("bco_n", 0))),
                    overflow_total=int(d.get("overflow_total", 0)), scaler=scaler)
 
 
@@ -115,4 +88,4 @@ class StopSignals:
         return self.signal is not None
 
 
-__all__ = ["RewardMean", "LoopState", "NonfiniteGuard", "StopSignals"]
+__all__ = ["LoopState", "NonfiniteGuard", "StopSignals"]
