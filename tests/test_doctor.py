@@ -9,7 +9,7 @@ import math
 import pytest
 
 from tiltlm.commands.doctor import add_cli
-from tiltlm.core.losses import LOSSES
+from tiltlm.core.losses import LOSSES, LossHParams
 from tiltlm.doctor.checks import Doctor, DoctorThresholds, Finding, initial_loss
 from tiltlm.doctor.replay import diagnose_run
 
@@ -25,7 +25,7 @@ def sig_loss(m: float) -> float:
 def healthy_record(step: int, n: int = 60) -> dict:
     """A textbook run: chosen up, rejected down, accuracy 0.55 -> 0.8, chosen log-prob flat, KL slow."""
     x = (step - 1) / (n - 1)  # 0 at step 1
-    wig = 0.02 * math.sin(step * 1.7)  # batch-to-batch noise
+    wig = 0.02 * math.sin(step * 1.7) if step > 1 else 0.0  # batch-to-batch noise (step 1: policy == reference)
     rc, rr = 0.4 * x + wig, -0.8 * x - wig
     margin = rc - rr
     return {
@@ -88,9 +88,9 @@ def test_healthy_short_run_triggers_nothing():
 def test_healthy_other_losses_trigger_nothing():
     for lt in ("ipo", "hinge", "sigmoid_norm"):
         s = healthy_stream()
-        s[0]["loss"] = initial_loss(lt, 0.1)
+        s[0]["loss"] = initial_loss(lt, LossHParams(beta=0.1))
         for r in s[1:]:
-            r["loss"] = initial_loss(lt, 0.1) * (1 - 0.3 * r["epoch"])
+            r["loss"] = initial_loss(lt, LossHParams(beta=0.1)) * (1 - 0.3 * r["epoch"])
         assert run(s, loss_types=[lt]) == [], lt
     assert run(healthy_stream(), loss_types=["sigmoid", "sft"]) == []
 
@@ -150,15 +150,15 @@ def test_reference_mismatch_loss_margin_kl():
 def test_reference_mismatch_checks_every_reference_loss():
     """The step-1 value comes from each loss's own LossSpec, so no loss is silently left unchecked (exo_pair was,
     when the doctor kept its own table). exo_pair at x = 0 with eps = 1e-3: -ln2 - (ln(0.999) + ln(0.001))/2."""
-    assert initial_loss("exo_pair", 0.1) == pytest.approx(-math.log(2) - 0.5 * (math.log(0.999) + math.log(1e-3)))
+    assert initial_loss("exo_pair", LossHParams(beta=0.1)) == pytest.approx(-math.log(2) - 0.5 * (math.log(0.999) + math.log(1e-3)))
     for lt, spec in LOSSES.items():
         if spec.reference_free:
-            assert initial_loss(lt, 0.1) is None
+            assert initial_loss(lt, LossHParams(beta=0.1)) is None
             continue
         s = healthy_stream()
-        s[0]["loss"] = 1.5 * initial_loss(lt, 0.1) + 0.5  # well off what policy == reference gives
+        s[0]["loss"] = 1.5 * initial_loss(lt, LossHParams(beta=0.1)) + 0.5  # well off what policy == reference gives
         found = [f for f in run(s, loss_types=(lt,)) if f.check == "reference_mismatch"]
-        assert found and f"{initial_loss(lt, 0.1):.4f}" in found[0].message, lt
+        assert found and f"{initial_loss(lt, LossHParams(beta=0.1)):.4f}" in found[0].message, lt
 
 
 def test_reference_mismatch_ipo_expected_loss():
@@ -167,8 +167,8 @@ def test_reference_mismatch_ipo_expected_loss():
     for r in s[1:]:
         r["loss"] = 25 * (1 - 0.3 * r["epoch"])
     assert checks(run(s, loss_types=["ipo"])) == {"reference_mismatch"}
-    assert initial_loss("sppo_hard", 0.5) == pytest.approx(2.0)
-    assert initial_loss("simpo", 0.1) is None
+    assert initial_loss("sppo_hard", LossHParams(beta=0.5)) == pytest.approx(2.0)
+    assert initial_loss("simpo", LossHParams(beta=0.1)) is None
 
 
 def test_reference_mismatch_grad_spike():
@@ -191,7 +191,10 @@ def test_length_bias_live_fires_once_and_rearms():
     for r in s[10:20] + s[40:50]:
         r["len_diff_margin_corr"] = 0.8
     found = [f for f in run(s) if f.check == "length_bias"]
-    assert [f.step for f in found] == [15, 45]  # fired, cleared, recurred
+    # the last 5 records' mean first reaches 0.4 at step 12 (steps 8-10 healthy, 0.26 + 0.29 + 0.18, + 2 x 0.8)
+    # and again at step 44 (step 40 healthy + 4 x 0.8); the first episode cleared once its window left steps 11-20
+    assert [f.step for f in found] == [12, 44]  # fired, cleared, recurred
+    assert all("LONGER WINS" in f.message and "chosen reply is much longer" in f.fix for f in found)
 
 
 def test_kl_runaway():
@@ -268,7 +271,8 @@ def test_diagnose_run_and_cli(tmp_path, capsys, healthy_stats):
     assert (tmp_path / "doctor.jsonl").read_text() == ""
 
     bad = healthy_stream()
-    bad[0].update({"loss": 1.9, "kl_proxy": 40.0})
+    bad[0].update({"loss": 1.9, "kl_proxy": 40.0, "rewards/chosen": -4.1, "rewards/rejected": -3.9,
+                   "rewards/margins": -0.2})  # another model: both replies' log-ratios far from 0, the same way
     _write_run(tmp_path, bad, healthy_stats, cfg="beta: 0.1\nlearning_rate: 5.0e-7\nloss_type: sigmoid\n")
     args = parser.parse_args(["doctor", str(tmp_path), "--plain"])
     assert args.func(args) == 1
@@ -299,3 +303,15 @@ def test_healthy_run_with_lr_warmup_triggers_nothing(healthy_stats):
     for r in s:
         r["learning_rate"] = 5e-9 * r["step"]
     assert run(s) == []
+
+
+def test_one_sided_swap_is_a_sign_bug_not_a_reference_mismatch():
+    """At step 1 (policy == reference) a swap of chosen/rejected in the policy's OR the reference's log-probs gives
+    r_w = beta*(pi_l - ref_w) = -r_l for every pair: opposite rewards, a margin, a loss off ln 2."""
+    s = healthy_stream()
+    s[0].update({"rewards/chosen": 0.3, "rewards/rejected": -0.3, "rewards/margins": 0.6, "loss": sig_loss(0.6)})
+    found = run(s)
+    assert [f.check for f in found] == ["sign_bug"] and found[0].step == 1
+    assert "ONE side" in found[0].message and "BOTH sides" in found[0].fix
+    s[0].update({"rewards/chosen": -0.1, "rewards/rejected": -0.7})  # another reference: both moved, by other amounts
+    assert [f.check for f in run(s)] == ["reference_mismatch"]

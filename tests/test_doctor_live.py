@@ -66,3 +66,32 @@ def test_reference_mismatch_is_caught_at_step_one(assets, tmp_path):
     found = findings(run(assets, tmp_path, ref_model=str(other), max_steps=3))
     assert "reference_mismatch" in found, found
     assert found["reference_mismatch"]["step"] == 1
+
+
+def test_chosen_and_rejected_swapped_on_one_side_only(assets, tmp_path, monkeypatch):
+    """The seeds' one-sided sign bug: the reference's chosen and rejected log-probs exchanged inside the loss (the
+    policy's are right). At step 1 every pair's two log-ratios are exact opposites: a sign_bug naming the swap, not a
+    generic reference mismatch."""
+    import tiltlm.training.step as T
+    from tiltlm.types import PairLogps
+
+    real = T.compute_loss
+
+    def swapped_reference(types, weights, policy, ref, hp):
+        ref = PairLogps(ref.rejected, ref.chosen, ref.chosen_tokens, ref.rejected_tokens) if ref is not None else None
+        return real(types, weights, policy, ref, hp)
+
+    monkeypatch.setattr(T, "compute_loss", swapped_reference)
+    found = findings(run(assets, tmp_path, max_steps=2))
+    assert "sign_bug" in found and "reference_mismatch" not in found, found
+    assert found["sign_bug"]["step"] == 1 and "ONE side" in found["sign_bug"]["message"]
+    assert "BOTH sides" in found["sign_bug"]["fix"]
+
+
+def test_exo_pair_with_label_smoothing_has_no_false_reference_mismatch(assets, tmp_path):
+    """The live doctor gets every loss hyper-parameter: exo_pair's step-1 loss with label_smoothing 0.1 is
+    -ln2 - (ln 0.9 + ln 0.1)/2 = 0.5108 (not the 2.7612 of eps = 1e-3), and the run is its own reference."""
+    out = run(assets, tmp_path, loss_type="exo_pair", label_smoothing=0.1, max_steps=2)
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1 and first["loss"] == pytest.approx(0.510826, abs=1e-4)
+    assert "reference_mismatch" not in findings(out)

@@ -84,7 +84,7 @@ def test_only_metrics(tmp_path):
     for name in ("config.yaml", "data_stats.json", "pair_scores.jsonl"):
         (tmp_path / name).unlink()
     page = build_report(tmp_path, tmp_path / "x" / "r.html").read_text()
-    assert page.count("not available") == 4  # config (header + table), data stats, pairs
+    assert page.count("not available") == 5  # config (header + table), data stats, pairs (length plot + hardest)
     for name in PLOT_NAMES:
         assert f'alt="{name}"' in page
     assert "No problems found" in page

@@ -200,8 +200,7 @@ class TrainConfig:
 
     def _validate_loss_modifiers(self) -> None:
         try:
-            check_modifiers(self.loss_type, LossHParams(f_divergence_type=self.f_divergence_type,
-                                                        use_weighting=self.use_weighting, ld_alpha=self.ld_alpha))
+            check_modifiers(self.loss_type, LossHParams.from_options(self))
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if self.use_weighting and self.dist == "fsdp":

@@ -67,7 +67,9 @@ def run_check(args: argparse.Namespace) -> int:
               f"{tk['prompt']['max']}, chosen {tk['chosen']['mean']:.0f} / {tk['chosen']['p95']:.0f} / "
               f"{tk['chosen']['max']}, rejected {tk['rejected']['mean']:.0f} / {tk['rejected']['p95']:.0f} / "
               f"{tk['rejected']['max']}; truncated at max_length={cfg.max_length}: {st['truncated']}; "
-              f"chosen longer than rejected: {st['chosen_longer_frac']:.0%}", file=out)
+              f"chosen longer than rejected: {st['chosen_longer_frac']:.0%}, rejected longer: "
+              f"{st['rejected_longer_frac']:.0%}; length difference chosen - rejected: "
+              f"{st['length_diff']['mean']:+.1f} ± {st['length_diff']['std']:.1f} tokens", file=out)
     warnings = c.duplicates + c.too_long
     if warnings:
         print("warnings (training keeps duplicates unless --drop-duplicates, and skips prompts too long):\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,10 +26,15 @@ from ..model.precision import Precision
 from ..rundir import CONFIG, PAIR_SCORES, RunDir
 from ..training.setup import data_options, requested_path
 from ..types import PairLogps, as_text
+from .report_length import length_table
 
 SEED_EXAMPLE = dict(logp_chosen=-3.5, logp_rejected=-6.0, ref_chosen=-4.0, ref_rejected=-5.0, beta=0.5)
 
-_HP_KEYS = ("label_smoothing", "simpo_gamma", "discopop_tau", "bco_delta")
+_HP_KEYS = tuple(f.name for f in fields(LossHParams) if f.name != "beta")  # every hyper-parameter but beta
+
+
+def _hp_values(hp: LossHParams) -> dict:
+    return {k: getattr(hp, k) for k in _HP_KEYS}
 
 
 def _f(x: float) -> str:
@@ -40,7 +46,7 @@ def explain_numbers(logp_chosen: float, logp_rejected: float, ref_chosen: Option
     """All the numbers of the walkthrough for one pair, as a plain dict (JSON-serialisable floats).
 
     `loss_type` is a name from LOSSES, a comma-separated string or a list (summed with `loss_weights`).
-    Optional keyword args: label_smoothing, simpo_gamma, discopop_tau, bco_delta, chosen_tokens, rejected_tokens
+    Optional keyword args: any LossHParams field but beta (label_smoothing, simpo_gamma, ...), chosen_tokens, rejected_tokens
     (token counts default to 1, i.e. the log-probs are treated as per-token values), loss_weights.
     Keys: inputs, loss_types, loss_weights, hparams, logratio_chosen/rejected (None without a reference),
     reward_chosen/rejected (the rewards of the first preference loss), margin, pref_prob = sigma(margin), loss,
@@ -54,7 +60,7 @@ def explain_numbers(logp_chosen: float, logp_rejected: float, ref_chosen: Option
     unknown = set(hp) - set(_HP_KEYS)
     if unknown:
         raise ValueError(f"unknown hyper-parameter(s): {', '.join(sorted(unknown))}")
-    hparams = LossHParams(beta=float(beta), **{k: float(v) for k, v in hp.items() if v is not None})
+    hparams = LossHParams.from_options(hp, beta=beta)
     have_ref = ref_chosen is not None and ref_rejected is not None
     if not have_ref and any(not LOSSES[t].reference_free for t in types):
         raise ValueError(f"loss type {','.join(types)} needs --ref-chosen and --ref-rejected")
@@ -83,7 +89,7 @@ def explain_numbers(logp_chosen: float, logp_rejected: float, ref_chosen: Option
                    "ref_rejected": None if not have_ref else float(ref_rejected),
                    "chosen_tokens": nc, "rejected_tokens": nr},
         "loss_types": types, "loss_weights": list(weights) if weights else [1.0] * len(types),
-        "beta": hparams.beta, "hparams": {k: getattr(hparams, k) for k in _HP_KEYS},
+        "beta": hparams.beta, "hparams": _hp_values(hparams),
         "logratio_chosen": float(logp_chosen) - float(ref_chosen) if have_ref else None,
         "logratio_rejected": float(logp_rejected) - float(ref_rejected) if have_ref else None,
         "reward_chosen": rc, "reward_rejected": rr, "margin": margin,
@@ -216,8 +222,7 @@ def explain_run_pair(run_dir, pair_index: int) -> dict:
     cfg = load_config(None, {k: v for k, v in raw.items() if v is not None})
     row = _stored_scores(run_dir, pair_index) or _score_now(run_dir, cfg, pair_index)
     d = explain_numbers(row["policy_chosen"], row["policy_rejected"], row["ref_chosen"], row["ref_rejected"],
-                        cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
-                        simpo_gamma=cfg.simpo_gamma, discopop_tau=cfg.discopop_tau,
+                        cfg.beta, loss_type=cfg.loss_type, **_hp_values(LossHParams.from_options(cfg)),
                         chosen_tokens=row["chosen_tokens"], rejected_tokens=row["rejected_tokens"],
                         loss_weights=cfg.loss_weights)
     d.update(index=pair_index, source=row.get("source", ""), prompt=row.get("prompt", ""),
@@ -230,6 +235,8 @@ def run_explain(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "run_dir", None):
             d = explain_run_pair(args.run_dir, args.pair)
+            d["length_table"] = length_table(RunDir(Path(args.run_dir), writable=False).read_records(PAIR_SCORES)
+                                             or [], d["beta"])
         else:
             nums = [args.logp_chosen, args.logp_rejected, args.ref_chosen, args.ref_rejected]
             if all(v is None for v in nums):
@@ -249,6 +256,8 @@ def run_explain(args: argparse.Namespace) -> int:
         print(f"tilt explain: error: {e}", file=sys.stderr)
         return 2
     print(format_explanation(d))
+    if d.get("length_table"):
+        print(d["length_table"])
     return 0
 
 

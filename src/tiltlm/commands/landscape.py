@@ -89,8 +89,7 @@ def run_landscape(args: argparse.Namespace) -> int:
         types = parse_loss_types(args.loss_type)
         if args.beta <= 0:
             raise ValueError(f"--beta must be > 0, got {args.beta}")
-        hp = LossHParams(beta=args.beta, label_smoothing=args.label_smoothing, simpo_gamma=args.simpo_gamma,
-                         discopop_tau=args.discopop_tau)
+        hp = LossHParams.from_options(args)
         path = plot_landscape(types, hp, args.output, args.m_min, args.m_max, args.points)
     except ValueError as e:
         print(f"tilt landscape: error: {e}", file=sys.stderr)

@@ -17,8 +17,9 @@ All arithmetic is done in (at least) float32; log(sigmoid(x)) is always F.logsig
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Optional
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,20 @@ class LossHParams:
     f_alpha_divergence_coef: float = 0.5  # the alpha of alpha_divergence
     use_weighting: bool = False  # WPO: each pair's loss times the policy's length-normalised pair probability
     ld_alpha: Optional[float] = None  # LD-DPO: the weight of the longer completion's tokens past the shorter's length
+
+    @classmethod
+    def from_options(cls, options: Any, **overrides: Any) -> "LossHParams":
+        """The one place loss hyper-parameters are built: every field read by name from `options` (a TrainConfig,
+        an argparse Namespace, the dict of a run's config.yaml, ...), so a field added here reaches the training
+        loop, the doctor, `tilt doctor`, `tilt explain` and `tilt landscape` alike. A missing or None value keeps
+        the default; `overrides` win. A float field's value is converted with float() (YAML may give an int)."""
+        def get(name: str) -> Any:
+            return options.get(name) if isinstance(options, Mapping) else getattr(options, name, None)
+
+        values = {f.name: get(f.name) for f in fields(cls)}
+        values.update(overrides)
+        floats = {f.name for f in fields(cls) if isinstance(f.default, float)}
+        return cls(**{k: float(v) if k in floats else v for k, v in values.items() if v is not None})
 
 
 LossFn = Callable[[PairLogps, Optional[PairLogps], LossHParams], LossOutput]

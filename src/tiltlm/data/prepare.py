@@ -94,7 +94,19 @@ def pair_stats(pairs: Sequence[TokenizedPair]) -> dict:
         if pairs else 0.0,
         "rejected_longer_frac": (sum(len(p.chosen_ids) < len(p.rejected_ids) for p in pairs) / len(pairs))
         if pairs else 0.0,
+        # what a summed-log-prob margin can learn from: the mean and spread of chosen minus rejected tokens
+        "length_diff": _diff_dist([len(p.chosen_ids) - len(p.rejected_ids) for p in pairs]),
     }
+
+
+def _diff_dist(values: Sequence[int]) -> dict:
+    if not values:
+        return {"mean": 0.0, "std": 0.0, "p5": 0.0, "p95": 0.0}
+    import numpy as np
+
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std()), "p5": float(np.percentile(a, 5)),
+            "p95": float(np.percentile(a, 95))}
 
 
 @dataclass

@@ -81,7 +81,7 @@ def finish_run(s: Setup, report: Reporter, hp: LossHParams, log: Callable, *, st
     if not run.writable:
         return
     run.write_records(PAIR_SCORES, scores)
-    report.finish()
+    report.finish(scores)
     save_final_model(s, state_dict, log)
     write_card(s)
     run.mark_finished(step, options)

@@ -138,10 +138,7 @@ def _train(s: Setup, requested: dict, log) -> dict:
 
 
 def loss_hparams(cfg: TrainConfig) -> LossHParams:
-    return LossHParams(beta=cfg.beta, label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma,
-                       discopop_tau=cfg.discopop_tau, f_divergence_type=cfg.f_divergence_type,
-                       f_alpha_divergence_coef=cfg.f_alpha_divergence_coef, use_weighting=cfg.use_weighting,
-                       ld_alpha=cfg.ld_alpha)
+    return LossHParams.from_options(cfg)
 
 
 def resume(s: Setup, requested: str, checkpoint_kw: dict, log) -> LoopState | None:

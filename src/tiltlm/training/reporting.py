@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
+from ..core.losses import LossHParams
 from ..doctor.checks import Doctor, Finding
 from ..rundir import DATA_STATS, DOCTOR, METRICS, RunDir, is_eval_record
 from .trackers import Tracker, open_trackers
@@ -24,7 +25,7 @@ class _NoBar:
 
 
 class Reporter:
-    """`doctor`: the Doctor's options (beta, learning_rate, loss_types) to run it live, or None. `trackers` and
+    """`doctor`: the Doctor's options (hparams, learning_rate, loss_types) to run it live, or None. `trackers` and
     `callbacks` get every record (callbacks a copy: what they do to it never reaches metrics.jsonl)."""
 
     def __init__(self, run: RunDir, *, log: Callable = print, doctor: Optional[dict] = None,
@@ -41,7 +42,8 @@ class Reporter:
     @classmethod
     def for_run(cls, run: RunDir, cfg: TrainConfig, log: Callable, *, total_steps: int, done_steps: int,
                 callbacks: Sequence[Callable[[dict], None]] = ()) -> "Reporter":
-        doctor = dict(beta=cfg.beta, learning_rate=cfg.learning_rate, loss_types=cfg.loss_type) if cfg.doctor else None
+        doctor = dict(hparams=LossHParams.from_options(cfg), learning_rate=cfg.learning_rate,
+                      loss_types=cfg.loss_type) if cfg.doctor else None
         names = [n for n in cfg.report_to if n != "none"]
         trackers = open_trackers(names, run.path, cfg.to_dict()) if run.writable else []
         return cls(run, log=log, doctor=doctor, trackers=trackers, callbacks=callbacks, progress=cfg.progress,
@@ -91,9 +93,10 @@ class Reporter:
     def step_done(self) -> None:
         self.bar.update(1)
 
-    def finish(self) -> None:
-        """The end of a finished run: the doctor's last checks, then the trackers are closed."""
-        for finding in self.doctor.finish() if self.doctor is not None else []:
+    def finish(self, pair_scores: Sequence[dict] = ()) -> None:
+        """The end of a finished run: the doctor's last checks (over the final policy's pair scores too), then the
+        trackers are closed."""
+        for finding in self.doctor.finish(list(pair_scores)) if self.doctor is not None else []:
             self._finding(finding)
         self.close()
         self.close_trackers(ok=True)
