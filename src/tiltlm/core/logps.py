@@ -31,7 +31,9 @@ def backbone_of(model: torch.nn.Module) -> torch.nn.Module:
     except AttributeError:
         decoder = None
     for candidate in (decoder, getattr(model, model.base_model_prefix, None), getattr(model, "model", None)):
-        if isinstance(candidate, torch.nn.Module) and candidate is not model:
+        # a decoder embeds tokens (ModernBERT's get_decoder() is its output Linear: not one)
+        if isinstance(candidate, torch.nn.Module) and candidate is not model and hasattr(candidate,
+                                                                                         "get_input_embeddings"):
             return candidate
     raise AttributeError(f"{type(model).__name__}: no decoder module found (get_decoder, base_model_prefix)")
 

@@ -30,7 +30,7 @@ ATTENTION_KINDS = ("full_attention", "sliding_attention", "chunked_attention")
 # module classes that mix tokens through a running state rather than attention (the mixer itself, not the blocks,
 # norms and models named after the architecture)
 _STATEFUL = re.compile(r"Mamba|GatedDeltaNet|LinearAttention|LightningAttention|ShortConv|Recurrent|Rwkv|RWKV|"
-                       r"LSTM|Lstm|SSM|Ssm|Retention|Hyena")
+                       r"LSTM|Lstm|SSM|Ssm|Retention|Hyena|Rglru|Mixer$")
 _CONTAINER = re.compile(r"(ForCausalLM|Model|PreTrainedModel|Norm|RMSNorm|Block|DecoderLayer|Layer|Cache|"
                         r"Embeddings?|Output)$|FeedForward|Mlp|MLP|Moe|MoE|Expert")
 # layer-type names of token mixers with a running state (others name attention kinds, MLPs or MoE blocks)
