@@ -24,11 +24,11 @@ from ..model.reference import CachedReference
 from ..parallel import comm
 from ..training.api import train
 from ..training.setup import data_options
-from . import data, doctor, evaluate, explain, landscape, report
+from . import data, doctor, evaluate, explain, iterate, landscape, report
 from .data import TRAIN_OPTIONS as DATA_LAYOUT_OPTIONS
 
 # modules that register their own subcommands with add_cli(subparsers)
-SUBCOMMAND_MODULES = (data, explain, landscape, doctor, report, demo, evaluate)
+SUBCOMMAND_MODULES = (data, explain, landscape, doctor, report, demo, evaluate, iterate)
 
 
 def _flag_names(name: str) -> list[str]:
