@@ -139,7 +139,7 @@ def generate(model, tokenizer, prompts: Sequence[Any], *, n: int = 1, max_new_to
 
 
 @torch.no_grad()
-def sequence_logps(model, samples: Sequence, *, batch_size: int = 64) -> torch.Tensor:
+def sequence_logps(model, samples: Sequence, *, batch_size: int = 256) -> torch.Tensor:
     """log pi(y|x) summed over each sample's completion tokens (anything with prompt_ids and completion_ids);
     shape (N,), float32."""
     model.eval()
