@@ -104,6 +104,18 @@ def test_a_run_writes_rounds_pairs_and_metrics_with_a_round_field(finished):
     assert all(abs(r["loss"] - 0.6931471805599453) < 1e-6 for r in train if r["step"] == 1)
 
 
+def test_the_report_page_shows_the_rounds(finished, capsys):
+    from tiltlm.commands.cli import main
+
+    out, _ = finished
+    assert (out / "report.png").is_file()
+    assert main(["report", str(out)]) == 0
+    page = (out / "report" / "report.html").read_text()
+    assert "Iterative DPO run" in page and "heldout/win_rate" in page and "data:image/png;base64" in page
+    assert (out / "round-001" / "train" / "report" / "report.html").is_file()  # each round's own page, linked
+    assert "../round-001/train/report/report.html" in page
+
+
 def test_the_pairs_file_passes_tilt_data_check(finished, capsys):
     from tiltlm.commands.cli import main
 

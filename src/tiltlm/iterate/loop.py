@@ -10,6 +10,7 @@
     RUN/round-001/...            round 1 starts from round-000/train (its reference: that model, or the initial one)
     RUN/metrics.jsonl            every round's training records with a `round` field, and one summary per round
     RUN/doctor.jsonl             the rounds' findings (no_signal_round) and their training runs' findings
+    RUN/report.png               the per-round curves (`tilt report RUN` writes them into an HTML page too)
     RUN/finished.json            the last policy's held-out curves point and where the final model is
 
 Replay: round k samples with a seed derived from (seed, k) from a policy loaded from disk, so a round replays byte for
@@ -44,6 +45,7 @@ from ..training.precision import Precision
 from .heldout import evaluate_heldout
 from .options import IterateOptions, derived_seed, split_options
 from .pairs import build_pairs
+from .report import plot_rounds
 from .sampling import generate, read_prompts
 from .scorers import finite, make_scorer
 
@@ -53,7 +55,6 @@ SAMPLES = "samples.jsonl"
 PAIRS = "pairs.jsonl"
 PAIR_STATS = "pair_stats.json"
 TRAIN = "train"
-REPORT = "report.png"
 
 
 @dataclass
@@ -283,6 +284,7 @@ class Rounds:
                     "round": self.opts.rounds, **{key: v for key, v in final.items() if key not in ("scores",
                                                                                                     "samples")}}
             self.write_records(summaries, done)
+            plot_rounds(self.root)
             self.rundir.write_json(FINISHED, done)
         return IterateResult(summaries, done, self.root, policy_path)
 
