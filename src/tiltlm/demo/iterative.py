@@ -1,0 +1,142 @@
+"""`tilt frontier --iterate K`: iterative on-policy DPO (K rounds of `tilt iterate`) against one round of offline DPO
+on the same prompts, number of samples and β sweep, on the demo's controlled-sentiment task.
+
+Both arms are `tiltlm.iterate` runs from the same SFT model with the lexicon reward as the scorer and best-vs-worst
+pairs of 4 samples per prompt:
+
+* offline: 1 round over all K·P prompts (every pair sampled from the SFT model, as a fixed DPO dataset is);
+* iterative: K rounds of P prompts each (round k takes the k-th slice of the same prompts), each round sampling
+  from the previous round's model, which is also its reference.
+
+Each arm trains the same number of epochs over its pairs, so both see (about) the same number of pairs and steps.
+Every trained policy is then measured exactly as `tilt frontier` measures its runs: mean true reward of fresh
+samples on the held-out eval prompts and the sampled KL to the SFT model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..iterate import iterate
+from . import task as T
+from .evaluate import best_of_n
+from .frontier import BON
+from .pipeline import FULL, QUICK, evaluate_run, load_policy, prepare_task
+
+
+def _arm(task, out: Path, *, beta: float, rounds: int, prompts: Path, per_round: int, epochs: float,
+         learning_rate: float, log: Callable) -> list[dict]:
+    """One tiltlm.iterate run; returns the policy after each of its rounds, measured on the demo's eval prompts."""
+    sz = task.sizes
+    result = iterate(model=str(task.sft_dir), prompts=str(prompts), eval_prompts=str(task.root / "eval_prompts.jsonl"),
+                     output_dir=str(out), scorer="fn:tiltlm.demo.task:reward", rounds=rounds,
+                     prompts_per_round=per_round, num_generations=sz.samples_per_prompt,
+                     max_new_tokens=sz.max_new_tokens, eval_generations=1, generation_batch_size=256, beta=beta,
+                     learning_rate=learning_rate, num_train_epochs=epochs, per_device_train_batch_size=sz.dpo_batch,
+                     per_device_eval_batch_size=64, max_length=64, warmup_ratio=0.1, seed=task.seed,
+                     logging_steps=10, ref_cache_dir=str(task.root / "ref_cache"), device="cpu", progress=False,
+                     overwrite_output_dir=True, log=lambda *a: None)
+    points = []
+    for s in result.rounds:
+        folder = out / f"round-{s['round']:03d}" / "train"
+        m = evaluate_run(task, load_policy(folder))
+        points.append({"round": s["round"] + 1, "pairs": s["pairs/count"], "steps": s.get("train/step"),
+                       "reward": m["reward"], "reward_se": m["reward_se"], "kl": m["kl"], "kl_se": m["kl_se"],
+                       "accuracy": m["accuracy"]})
+        log(f"    after round {s['round'] + 1}: {s['pairs/count']} pairs, reward {m['reward']:+.3f}, "
+            f"KL {m['kl']:.3f}")
+    return points
+
+
+def run_iterative_frontier(out_dir: str | Path = "runs/frontier-iterate", *, rounds: int = 3,
+                           betas=(0.05, 0.1, 0.5), seed: int = 0, quick: bool = False,
+                           prompts_per_round: Optional[int] = None, epochs: float = 2.0,
+                           learning_rate: Optional[float] = None, plot_copy: Optional[str] = None,
+                           log: Callable = print) -> dict:
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    sizes = QUICK if quick else FULL
+    task = prepare_task(out, sizes, seed, log=log, bon_samples=max(BON))
+    per_round = prompts_per_round or sizes.train_prompts
+    prompts = out / "iterate_prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in T.make_prompts(rounds * per_round,
+                                                                                          seed + 1)))
+    (out / "eval_prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in task.eval_prompts))
+    lr = learning_rate if learning_rate is not None else sizes.learning_rate
+    runs = []
+    for beta in betas:
+        for arm, k, n in (("offline", 1, rounds * per_round), ("iterative", rounds, per_round)):
+            t = time.perf_counter()
+            log(f"  {arm} DPO, beta={beta:g}: {k} round(s) of {n} prompts")
+            folder = out / "runs" / f"{arm}_beta{beta:g}"
+            points = _arm(task, folder, beta=beta, rounds=k, prompts=prompts, per_round=n, epochs=epochs,
+                          learning_rate=lr, log=log)
+            runs.append({"arm": arm, "beta": beta, "rounds": k, "prompts_per_round": n,
+                         "pairs": sum(p["pairs"] for p in points), "steps": sum(p["steps"] or 0 for p in points),
+                         **{key: points[-1][key] for key in ("reward", "reward_se", "kl", "kl_se", "accuracy")},
+                         "path": points, "seconds": time.perf_counter() - t})
+            for f in folder.rglob("*.safetensors"):  # keep the records, drop the weights
+                f.unlink()
+            shutil.rmtree(folder / "round-000" / "train" / "checkpoints", ignore_errors=True)
+    result = {"sft": {"reward": task.before["reward"], "kl": 0.0}, "best_of_n": best_of_n(task.before["groups"], BON),
+              "runs": runs, "rounds": rounds, "prompts_per_round": per_round, "epochs": epochs, "seed": seed,
+              "quick": quick, "learning_rate": lr, "seconds": time.perf_counter() - t0}
+    (out / "frontier_iterate.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "frontier_iterate.md").write_text(table(result))
+    png = plot_iterative_frontier(result, out / "frontier_iterate.png")
+    if plot_copy:
+        Path(plot_copy).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, plot_copy)
+    log(table(result))
+    log(f"iterative frontier: {len(runs)} runs in {result['seconds']:.0f}s -> {png}")
+    return result
+
+
+def table(result: dict) -> str:
+    lines = ["| arm | β | rounds | pairs | steps | reward (± se) | KL to SFT (± se) | held-out acc. |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(result["runs"], key=lambda r: (r["beta"], r["arm"])):
+        lines.append(f"| {r['arm']} | {r['beta']:g} | {r['rounds']} | {r['pairs']} | {r['steps']} | "
+                     f"{r['reward']:+.2f} ± {r['reward_se']:.2f} | {r['kl']:.2f} ± {r['kl_se']:.2f} | "
+                     f"{r['accuracy']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_iterative_frontier(result: dict, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.8, 4.6))
+    bon = result["best_of_n"]
+    ax.plot([b["kl"] for b in bon], [b["reward"] for b in bon], "--", color="tab:gray", marker=".",
+            label="best-of-N from SFT")
+    ax.scatter([0.0], [result["sft"]["reward"]], marker="*", s=160, color="black", label="SFT (reference)", zorder=4)
+    for arm, color, marker in (("offline", "tab:blue", "o"), ("iterative", "tab:red", "s")):
+        rows = sorted((r for r in result["runs"] if r["arm"] == arm), key=lambda r: r["kl"])
+        ax.errorbar([r["kl"] for r in rows], [r["reward"] for r in rows], xerr=[2 * r["kl_se"] for r in rows],
+                    fmt=marker, color=color, capsize=2, zorder=3,
+                    label=f"{arm} DPO" + (f" ({result['rounds']} rounds)" if arm == "iterative" else " (1 round)"))
+        for r in rows:
+            ax.annotate(f"β={r['beta']:g}", (r["kl"], r["reward"]), fontsize=7, color=color,
+                        textcoords="offset points", xytext=(4, 3))
+            if arm == "iterative":  # the path through the rounds, from the SFT model
+                xs = [0.0] + [p["kl"] for p in r["path"]]
+                ys = [result["sft"]["reward"]] + [p["reward"] for p in r["path"]]
+                ax.plot(xs, ys, "-", color=color, alpha=0.35, lw=1)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("KL(π ‖ π_SFT), nats per sequence (sampled; log scale above 1)")
+    ax.set_ylabel("mean reward (#positive − #negative words)")
+    ax.set_title("iterative vs offline DPO, same prompts and samples per prompt")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
