@@ -1,14 +1,15 @@
 """`tilt frontier --iterate K`: iterative on-policy DPO (K rounds of `tilt iterate`) against one round of offline DPO
 on the same prompts, number of samples and β sweep, on the demo's controlled-sentiment task.
 
-Both arms are `tiltlm.iterate` runs from the same SFT model with the lexicon reward as the scorer and best-vs-worst
+All arms are `tiltlm.iterate` runs from the same SFT model with the lexicon reward as the scorer and best-vs-worst
 pairs of 4 samples per prompt:
 
 * offline: 1 round over all K·P prompts (every pair sampled from the SFT model, as a fixed DPO dataset is);
 * iterative: K rounds of P prompts each (round k takes the k-th slice of the same prompts), each round sampling
-  from the previous round's model, which is also its reference.
+  from the previous round's model, which is also its reference;
+* iterative-ref-initial: the same rounds with the SFT model as every round's reference (`--ref initial`).
 
-Each arm trains the same number of epochs over its pairs, so both see (about) the same number of pairs and steps.
+Every arm trains the same number of epochs over its pairs, so both see (about) the same number of pairs and steps.
 Every trained policy is then measured exactly as `tilt frontier` measures its runs: mean true reward of fresh
 samples on the held-out eval prompts and the sampled KL to the SFT model.
 """
@@ -28,14 +29,21 @@ from .frontier import BON
 from .pipeline import FULL, QUICK, evaluate_run, load_policy, prepare_task
 
 
+def arms(rounds: int, per_round: int) -> list[tuple[str, int, int, str]]:
+    """(name, rounds, prompts per round, reference) of each arm: the same K·P prompts in all three."""
+    return [("offline", 1, rounds * per_round, "previous"), ("iterative", rounds, per_round, "previous"),
+            ("iterative-ref-initial", rounds, per_round, "initial")]
+
+
 def _arm(task, out: Path, *, beta: float, rounds: int, prompts: Path, per_round: int, epochs: float,
-         learning_rate: float, log: Callable) -> list[dict]:
+         learning_rate: float, ref: str, log: Callable) -> list[dict]:
     """One tiltlm.iterate run; returns the policy after each of its rounds, measured on the demo's eval prompts."""
     sz = task.sizes
     result = iterate(model=str(task.sft_dir), prompts=str(prompts), eval_prompts=str(task.root / "eval_prompts.jsonl"),
                      output_dir=str(out), scorer="fn:tiltlm.demo.task:reward", rounds=rounds,
                      prompts_per_round=per_round, num_generations=sz.samples_per_prompt,
-                     max_new_tokens=sz.max_new_tokens, eval_generations=1, generation_batch_size=256, beta=beta,
+                     max_new_tokens=sz.max_new_tokens, eval_generations=1, generation_batch_size=256, ref=ref,
+                     beta=beta,
                      learning_rate=learning_rate, num_train_epochs=epochs, per_device_train_batch_size=sz.dpo_batch,
                      per_device_eval_batch_size=64, max_length=64, warmup_ratio=0.1, seed=task.seed,
                      logging_steps=10, ref_cache_dir=str(task.root / "ref_cache"), device="cpu", progress=False,
@@ -69,12 +77,12 @@ def run_iterative_frontier(out_dir: str | Path = "runs/frontier-iterate", *, rou
     lr = learning_rate if learning_rate is not None else sizes.learning_rate
     runs = []
     for beta in betas:
-        for arm, k, n in (("offline", 1, rounds * per_round), ("iterative", rounds, per_round)):
+        for arm, k, n, ref in arms(rounds, per_round):
             t = time.perf_counter()
-            log(f"  {arm} DPO, beta={beta:g}: {k} round(s) of {n} prompts")
+            log(f"  {arm} DPO, beta={beta:g}: {k} round(s) of {n} prompts, reference: the {ref} model")
             folder = out / "runs" / f"{arm}_beta{beta:g}"
             points = _arm(task, folder, beta=beta, rounds=k, prompts=prompts, per_round=n, epochs=epochs,
-                          learning_rate=lr, log=log)
+                          learning_rate=lr, ref=ref, log=log)
             runs.append({"arm": arm, "beta": beta, "rounds": k, "prompts_per_round": n,
                          "pairs": sum(p["pairs"] for p in points), "steps": sum(p["steps"] or 0 for p in points),
                          **{key: points[-1][key] for key in ("reward", "reward_se", "kl", "kl_se", "accuracy")},
@@ -97,12 +105,13 @@ def run_iterative_frontier(out_dir: str | Path = "runs/frontier-iterate", *, rou
 
 
 def table(result: dict) -> str:
-    lines = ["| arm | β | rounds | pairs | steps | reward (± se) | KL to SFT (± se) | held-out acc. |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| arm | β | rounds | pairs | steps | reward (± se) | KL to SFT (± se) | held-out acc. | reward, KL after each round |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(result["runs"], key=lambda r: (r["beta"], r["arm"])):
         lines.append(f"| {r['arm']} | {r['beta']:g} | {r['rounds']} | {r['pairs']} | {r['steps']} | "
                      f"{r['reward']:+.2f} ± {r['reward_se']:.2f} | {r['kl']:.2f} ± {r['kl_se']:.2f} | "
-                     f"{r['accuracy']:.3f} |")
+                     f"{r['accuracy']:.3f} | " + " → ".join(f"{p['reward']:+.2f}, {p['kl']:.1f}" for p in r["path"])
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -117,15 +126,19 @@ def plot_iterative_frontier(result: dict, path: str | Path) -> Path:
     ax.plot([b["kl"] for b in bon], [b["reward"] for b in bon], "--", color="tab:gray", marker=".",
             label="best-of-N from SFT")
     ax.scatter([0.0], [result["sft"]["reward"]], marker="*", s=160, color="black", label="SFT (reference)", zorder=4)
-    for arm, color, marker in (("offline", "tab:blue", "o"), ("iterative", "tab:red", "s")):
+    labels = {"offline": "offline DPO (1 round)", "iterative": f"iterative DPO ({result['rounds']} rounds, ref = "
+              "previous iterate)", "iterative-ref-initial": f"iterative DPO ({result['rounds']} rounds, ref = SFT)"}
+    for arm, color, marker in (("offline", "tab:blue", "o"), ("iterative", "tab:red", "s"),
+                               ("iterative-ref-initial", "tab:orange", "D")):
         rows = sorted((r for r in result["runs"] if r["arm"] == arm), key=lambda r: r["kl"])
+        if not rows:
+            continue
         ax.errorbar([r["kl"] for r in rows], [r["reward"] for r in rows], xerr=[2 * r["kl_se"] for r in rows],
-                    fmt=marker, color=color, capsize=2, zorder=3,
-                    label=f"{arm} DPO" + (f" ({result['rounds']} rounds)" if arm == "iterative" else " (1 round)"))
+                    fmt=marker, color=color, capsize=2, zorder=3, label=labels[arm])
         for r in rows:
             ax.annotate(f"β={r['beta']:g}", (r["kl"], r["reward"]), fontsize=7, color=color,
                         textcoords="offset points", xytext=(4, 3))
-            if arm == "iterative":  # the path through the rounds, from the SFT model
+            if r["rounds"] > 1:  # the path through the rounds, from the SFT model
                 xs = [0.0] + [p["kl"] for p in r["path"]]
                 ys = [result["sft"]["reward"]] + [p["reward"] for p in r["path"]]
                 ax.plot(xs, ys, "-", color=color, alpha=0.35, lw=1)
