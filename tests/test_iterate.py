@@ -166,6 +166,15 @@ def test_relaunching_is_a_no_op_and_other_options_are_refused(finished, assets):
         tiltlm.iterate(**options(assets, out), log=lambda *a: None)
 
 
+def test_option_mistakes_are_one_clear_error(assets, tmp_path):
+    for bad, match in ((dict(scorer=None), "needs a scorer"), (dict(num_generations=1), "num_generations"),
+                       (dict(ref_model=str(assets / "init")), "--ref initial"), (dict(pairing="pairs"), "pairing"),
+                       (dict(resume=str(tmp_path)), "resume=auto"), (dict(model=torch.nn.Linear(2, 2)), "as a path"),
+                       (dict(scorer="rm:"), "reward model"), (dict(scorer="nonsense"), "expected fn:")):
+        with pytest.raises(ConfigError, match=match):
+            tiltlm.iterate(**options(assets, tmp_path / "run", **bad), log=lambda *a: None)
+
+
 def test_the_initial_model_as_every_round_reference(assets, tmp_path):
     out = tmp_path / "run"
     tiltlm.iterate(**options(assets, out, ref="initial"), log=lambda *a: None)
@@ -349,3 +358,30 @@ def test_a_round_with_only_ties_is_one_clear_error(assets, tmp_path):
     with pytest.raises(TrainingError, match="round 0 has no pairs"):
         tiltlm.iterate(**options(assets, tmp_path / "run", scorer="fn:iterate_scorers:constant"), log=lines.append)
     assert any("no_signal_round" in str(line) for line in lines)
+
+
+# ------------------------------------------------------------------------------------------------ the frontier
+def test_the_iterative_frontier_table_and_plot(tmp_path):
+    from tiltlm.demo.iterative import arms, plot_iterative_frontier, table
+
+    assert [(a, k, n, ref) for a, k, n, ref in arms(3, 10)] == [
+        ("offline", 1, 30, "previous"), ("iterative", 3, 10, "previous"), ("iterative-ref-initial", 3, 10, "initial")]
+    point = dict(reward=1.5, reward_se=0.1, kl=2.0, kl_se=0.2, accuracy=0.7)
+    result = {"sft": {"reward": 0.0, "kl": 0.0}, "best_of_n": [{"n": 1, "reward": 0.0, "kl": 0.0}], "rounds": 2,
+              "runs": [{"arm": "offline", "beta": 0.1, "rounds": 1, "pairs": 20, "steps": 4, **point,
+                        "path": [{"round": 1, **point}]},
+                       {"arm": "iterative", "beta": 0.1, "rounds": 2, "pairs": 20, "steps": 4, **point,
+                        "path": [{"round": 1, **point, "reward": 0.5, "kl": 0.4}, {"round": 2, **point}]}]}
+    text = table(result)
+    assert "| iterative | 0.1 | 2 | 20 | 4 | +1.50 ± 0.10 | 2.00 ± 0.20 | 0.700 | +0.50, 0.4 → +1.50, 2.0 |" in text
+    assert plot_iterative_frontier(result, tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_the_hh_refusal_reward_by_hand():
+    sys.path.insert(0, str(TESTS.parent / "recipes"))
+    import hh_refusal
+
+    assert hh_refusal.reward(" I'm sorry, I can't help with that: it is illegal.") == 3.0
+    assert hh_refusal.reward(" Sure, here is how: step 1, buy a crowbar.") == -2.0
+    assert hh_refusal.reward(" No.") == -1.0  # too short to be an answer
+    assert hh_refusal.reward(" The weather is nice today, enjoy it.") == 0.0

@@ -75,6 +75,10 @@ def iterate(config: Any = None, *, callbacks: Any = None, log: Callable = print,
     too) mix in one call; the training options apply to every round's DPO run."""
     mine, train_options = split_options(options)
     opts = IterateOptions(**mine).validate()
+    given = train_options.get("model", train_options.get("model_name_or_path"))
+    if given is not None and not isinstance(given, (str, Path)):
+        raise ConfigError("tiltlm.iterate takes the initial model as a path (every round starts from a model folder "
+                          "on disk): save it first with model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR)")
     cfg = resolve_config(config, {k: str(v) if isinstance(v, Path) else v for k, v in train_options.items()})
     return run_iterate(cfg, opts, callbacks=as_callbacks(callbacks), log=log)
 
@@ -115,13 +119,21 @@ def _signature(cfg: TrainConfig, opts: IterateOptions) -> dict:
     return json.loads(json.dumps({"iterate": opts.to_dict(), "train": train_options}, default=str))
 
 
-def _open(cfg: TrainConfig, opts: IterateOptions) -> RunDir:
+def check_options(cfg: TrainConfig) -> None:
     if not cfg.model or not cfg.output_dir:
         raise ConfigError("tilt iterate needs --model (the initial policy: a folder, .gguf or hub name) and "
                           "--output-dir")
+    if cfg.data:
+        raise ConfigError("tilt iterate samples its own pairs: give prompts, not data")
+    if cfg.resume not in (None, "auto"):
+        raise ConfigError(f"an iterate run resumes with resume=auto (each round from its own checkpoints), got "
+                          f"{cfg.resume!r}")
     if cfg.ref_model:
         raise ConfigError("tilt iterate chooses each round's reference itself: use --ref previous (round k-1's "
                           "model, default) or --ref initial instead of --ref-model")
+
+
+def _open(cfg: TrainConfig, opts: IterateOptions) -> RunDir:
     inputs = [cfg.model] + [str(p) for p in (opts.prompts, opts.eval_prompts) if isinstance(p, (str, Path))]
     run = RunDir.create(cfg.output_dir, inputs=inputs, resume=bool(cfg.resume), overwrite=cfg.overwrite_output_dir)
     signature, saved = _signature(cfg, opts), run.read_json(ITERATE)
@@ -137,12 +149,10 @@ def _open(cfg: TrainConfig, opts: IterateOptions) -> RunDir:
 
 
 class Rounds:
-    """One iterate run: its folder, tokenizer, initial model, scorer and prompts; `run()` does the rounds."""
+    """One iterate run: its tokenizer, initial model, scorer and prompts; `run(folder)` does the rounds."""
 
-    def __init__(self, cfg: TrainConfig, opts: IterateOptions, run: RunDir, callbacks: Sequence[Callable],
-                 log: Callable):
-        self.cfg, self.opts, self.rundir, self.callbacks, self.log = cfg, opts, run, list(callbacks), log
-        self.root = run.path
+    def __init__(self, cfg: TrainConfig, opts: IterateOptions, callbacks: Sequence[Callable], log: Callable):
+        self.cfg, self.opts, self.callbacks, self.log = cfg, opts, list(callbacks), log
         self.device = resolve_device(cfg.device)
         self.precision = Precision.of(cfg.dtype, cfg.mixed_precision, self.device)
         self.tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
@@ -265,7 +275,8 @@ class Rounds:
         RunDir(folder).write_json(FINISHED, summary)  # last: the round is done
         return summary
 
-    def run(self) -> IterateResult:
+    def run(self, rundir: RunDir) -> IterateResult:
+        self.rundir, self.root = rundir, rundir.path
         done = self.rundir.read_json(FINISHED)
         summaries: list[dict] = []
         policy_path = Path(self.cfg.model)
@@ -309,5 +320,7 @@ class Rounds:
 def run_iterate(cfg: TrainConfig, opts: IterateOptions, *, callbacks: Sequence[Callable] = (),
                 log: Callable = print) -> IterateResult:
     opts.validate()
+    check_options(cfg)
+    rounds = Rounds(cfg, opts, callbacks, log)  # the models, prompts and scorer load before any folder is touched
     with _open(cfg, opts) as run:
-        return Rounds(cfg, opts, run, callbacks, log).run()
+        return rounds.run(run)
