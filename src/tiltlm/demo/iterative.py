@@ -25,7 +25,7 @@ from typing import Callable, Optional
 from ..iterate import iterate
 from . import task as T
 from .evaluate import best_of_n
-from .frontier import BON
+from .frontier import BON, frontier_axes, points, save_frontier
 from .pipeline import FULL, QUICK, evaluate_run, load_policy, prepare_task
 
 
@@ -116,16 +116,7 @@ def table(result: dict) -> str:
 
 
 def plot_iterative_frontier(result: dict, path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.8, 4.6))
-    bon = result["best_of_n"]
-    ax.plot([b["kl"] for b in bon], [b["reward"] for b in bon], "--", color="tab:gray", marker=".",
-            label="best-of-N from SFT")
-    ax.scatter([0.0], [result["sft"]["reward"]], marker="*", s=160, color="black", label="SFT (reference)", zorder=4)
+    fig, ax = frontier_axes(result, figsize=(6.8, 4.6))
     labels = {"offline": "offline DPO (1 round)", "iterative": f"iterative DPO ({result['rounds']} rounds, ref = "
               "previous iterate)", "iterative-ref-initial": f"iterative DPO ({result['rounds']} rounds, ref = SFT)"}
     for arm, color, marker in (("offline", "tab:blue", "o"), ("iterative", "tab:red", "s"),
@@ -133,23 +124,11 @@ def plot_iterative_frontier(result: dict, path: str | Path) -> Path:
         rows = sorted((r for r in result["runs"] if r["arm"] == arm), key=lambda r: r["kl"])
         if not rows:
             continue
-        ax.errorbar([r["kl"] for r in rows], [r["reward"] for r in rows], xerr=[2 * r["kl_se"] for r in rows],
-                    fmt=marker, color=color, capsize=2, zorder=3, label=labels[arm])
+        points(ax, rows, marker=marker, color=color, label=labels[arm])
         for r in rows:
-            ax.annotate(f"β={r['beta']:g}", (r["kl"], r["reward"]), fontsize=7, color=color,
-                        textcoords="offset points", xytext=(4, 3))
             if r["rounds"] > 1:  # the path through the rounds, from the SFT model
-                xs = [0.0] + [p["kl"] for p in r["path"]]
-                ys = [result["sft"]["reward"]] + [p["reward"] for p in r["path"]]
-                ax.plot(xs, ys, "-", color=color, alpha=0.35, lw=1)
-    ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlabel("KL(π ‖ π_SFT), nats per sequence (sampled; log scale above 1)")
-    ax.set_ylabel("mean reward (#positive − #negative words)")
-    ax.set_title("iterative vs offline DPO, same prompts and samples per prompt")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+                ax.plot([0.0] + [p["kl"] for p in r["path"]], [result["sft"]["reward"]] + [p["reward"] for p in
+                                                                                           r["path"]],
+                        "-", color=color, alpha=0.35, lw=1)
+    return save_frontier(fig, ax, path, title="iterative vs offline DPO, same prompts and samples per prompt",
+                         xlabel="KL(π ‖ π_SFT), nats per sequence (sampled; log scale above 1)")
