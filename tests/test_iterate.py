@@ -353,11 +353,18 @@ def test_the_doctor_flags_rounds_without_signal():
     assert "95% alike" in alike[0].message
 
 
-def test_a_round_with_only_ties_is_one_clear_error(assets, tmp_path):
+def test_a_round_with_only_ties_is_one_clear_error(assets, tmp_path, capsys):
+    from tiltlm.commands.cli import main
+
     lines: list[str] = []
     with pytest.raises(TrainingError, match="round 0 has no pairs"):
         tiltlm.iterate(**options(assets, tmp_path / "run", scorer="fn:iterate_scorers:constant"), log=lines.append)
     assert any("no_signal_round" in str(line) for line in lines)
+    # tilt doctor on the iterate folder finds it too, tagged with its round
+    assert main(["doctor", str(tmp_path / "run"), "--plain"]) == 1
+    assert "no_signal_round: round 0: round 0's pairs carry little signal: 100% of the candidate pairs" in \
+        capsys.readouterr().out
+    assert read_jsonl(tmp_path / "run" / "doctor.jsonl")[0]["round"] == 0
 
 
 # ------------------------------------------------------------------------------------------------ the frontier
