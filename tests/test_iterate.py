@@ -51,9 +51,9 @@ def options(assets: Path, out: Path, **extra) -> dict:
     return {**base, **extra}
 
 
-def cli_args(assets: Path, out: Path, *extra) -> list[str]:
+def cli_args(assets: Path, out: Path, *extra, rounds: int = 3) -> list[str]:
     return ["iterate", "--model", str(assets / "init"), "--prompts", str(assets / "prompts.jsonl"),
-            "--eval-prompts", str(assets / "heldout.jsonl"), "--output-dir", str(out), "--rounds", "3",
+            "--eval-prompts", str(assets / "heldout.jsonl"), "--output-dir", str(out), "--rounds", str(rounds),
             "--num-generations", "4", "--max-new-tokens", "8", "--max-steps", "5", "--save-steps", "1",
             "--per-device-train-batch-size", "4", "--learning-rate", "1e-3", "--max-length", "64",
             "--progress", "false", "--ref-cache-dir", str(out.parent / "cache"), *extra]
@@ -182,6 +182,25 @@ def test_the_initial_model_as_every_round_reference(assets, tmp_path):
     assert f"ref_model: {assets / 'init'}" in config
     first = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("round") == 1 and r.get("step") == 1][0]
     assert first["loss"] != pytest.approx(0.6931471805599453, abs=1e-6)  # the policy has moved off its reference
+
+
+def test_the_command_line(assets, tmp_path, capsys):
+    from tiltlm.commands.cli import main
+
+    out = tmp_path / "run"
+    args = cli_args(assets, out, rounds=1)
+    assert main([*args, "--reward-fn", "tiltlm.demo.task:reward", "--pairing", "all"]) == 0
+    assert "final policy:" in capsys.readouterr().out
+    stats = json.loads((out / "round-000" / "pair_stats.json").read_text())
+    nonempty: dict = {}
+    for r in read_jsonl(out / "round-000" / "samples.jsonl"):
+        nonempty[r["prompt_index"]] = nonempty.get(r["prompt_index"], 0) + bool(r["completion"].strip())
+    assert stats["pairs/candidates"] == sum(n * (n - 1) // 2 for n in nonempty.values())  # all pairs (4 -> 6)
+    assert stats["pairs/empty_completions"] == 12 * 4 - sum(nonempty.values())
+    assert main([*args, "--scorer", "fn:x:y", "--reward-fn", "x:y"]) == 2
+    assert main(["iterate", "--model", str(assets / "init"), "--prompts", str(assets / "prompts.jsonl"),
+                 "--data", "pairs.jsonl", "--reward-fn", "x:y", "--output-dir", str(tmp_path / "x")]) == 2
+    assert "give --prompts, not --data" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------ real SIGKILLs
