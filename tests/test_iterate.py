@@ -158,8 +158,10 @@ def test_relaunching_is_a_no_op_and_other_options_are_refused(finished, assets):
     out, _ = finished
     model = out / "round-001" / "train" / "model.safetensors"
     before = model.stat().st_mtime_ns
+    metrics = (out / "metrics.jsonl").read_bytes()
     result = tiltlm.iterate(**options(assets, out, resume="auto"), log=lambda *a: None)
     assert model.stat().st_mtime_ns == before and result.final["round"] == 2
+    assert (out / "metrics.jsonl").read_bytes() == metrics
     with pytest.raises(ConfigError, match="other options .*iterate.rounds"):
         tiltlm.iterate(**options(assets, out, resume="auto", rounds=3), log=lambda *a: None)
     with pytest.raises(ConfigError, match="not empty"):

@@ -288,7 +288,8 @@ class Rounds:
             for c in self.callbacks:
                 c(summary)
             policy_path = round_dir(self.root, k) / TRAIN
-            self.write_records(summaries)
+            if done is None:  # a finished run's records are complete: a relaunch rewrites nothing
+                self.write_records(summaries)
         if done is None:
             final = self.heldout(self.opts.rounds, self.load(str(policy_path)), self.root, "final_heldout.json")
             done = {"rounds": self.opts.rounds, "model": self.name(policy_path), "kind": "final",
