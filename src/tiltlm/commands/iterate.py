@@ -64,6 +64,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 def run_iterate_cli(args: argparse.Namespace) -> int:
     if args.scorer and args.reward_fn:
         raise ConfigError("give one scorer: --scorer or --reward-fn")
+    if (getattr(args, "nproc", None) or 1) > 1:
+        raise ConfigError("tilt iterate runs in one process (it samples, scores and trains in turn): drop --nproc")
     if getattr(args, "data", None):
         raise ConfigError("tilt iterate samples its own pairs: give --prompts, not --data")
     names = {f.name for f in dataclasses.fields(IterateOptions)}

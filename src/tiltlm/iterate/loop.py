@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import shutil
 import statistics
@@ -120,6 +121,9 @@ def _signature(cfg: TrainConfig, opts: IterateOptions) -> dict:
 
 
 def check_options(cfg: TrainConfig) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("tilt iterate runs in one process (it samples, scores and trains in turn); launch it "
+                          "without torchrun / --nproc")
     if not cfg.model or not cfg.output_dir:
         raise ConfigError("tilt iterate needs --model (the initial policy: a folder, .gguf or hub name) and "
                           "--output-dir")
