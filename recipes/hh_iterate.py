@@ -35,6 +35,7 @@ def main() -> int:
     p.add_argument("--learning-rate", type=float, default=5e-6)
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--resume", default=None)
+    p.add_argument("--scorer", default="fn:hh_refusal:reward", help="or fn:hh_refusal:harmless (denser)")
     args = p.parse_args()
     model = smollm2_gguf_path()
     if model is None:
@@ -49,7 +50,7 @@ def main() -> int:
         files[name].write_text("".join(json.dumps({"prompt": r}) + "\n" for r in rows))
     result = tiltlm.iterate(
         model=str(model), prompts=str(files["train"]), eval_prompts=str(files["eval"]), output_dir=str(out),
-        scorer="fn:hh_refusal:reward", rounds=args.rounds, num_generations=args.num_generations,
+        scorer=args.scorer, rounds=args.rounds, num_generations=args.num_generations,
         max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.95, generation_batch_size=16,
         eval_generations=2, beta=args.beta, learning_rate=args.learning_rate, num_train_epochs=1,
         per_device_train_batch_size=4, per_device_eval_batch_size=16, max_length=384, max_prompt_length=256,
