@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .config import TrainConfig, load_config
 from .core.losses import LOSSES, LossHParams, compute_loss
 from .errors import ConfigError, DataError, TrainingError
+from .iterate import IterateResult, iterate
 from .training.api import TrainResult, train
 from .training.trl_compat import DPOConfig, DPOTrainer
 
@@ -22,6 +23,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["train", "TrainResult", "DPOConfig", "DPOTrainer",
+__all__ = ["train", "TrainResult", "iterate", "IterateResult", "DPOConfig", "DPOTrainer",
            "TrainConfig", "load_config", "LOSSES", "LossHParams", "compute_loss", "ConfigError",
            "DataError", "TrainingError", "__version__"]

@@ -25,12 +25,12 @@ from ..model.scoring import choose_path
 from ..parallel import comm
 from ..training.api import train
 from ..training.setup import data_options, requested_path
-from . import data, doctor, evaluate, explain, landscape, report
+from . import data, doctor, evaluate, explain, iterate, landscape, report
 from .data import TRAIN_OPTIONS as DATA_LAYOUT_OPTIONS
 from .train_flags import add_train_arguments, flag_names, overrides_from_args
 
 # modules that register their own subcommands with add_cli(subparsers)
-SUBCOMMAND_MODULES = (data, explain, landscape, doctor, report, demo, evaluate)
+SUBCOMMAND_MODULES = (data, explain, landscape, doctor, report, demo, evaluate, iterate)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

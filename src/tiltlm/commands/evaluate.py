@@ -12,8 +12,6 @@ sequence log-prob (reported as `logp_accuracy`).
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import math
 import os
@@ -25,11 +23,12 @@ import torch
 
 from ..core.metrics import preference_accuracy
 from ..data import prepare_dataset
+from ..iterate.sampling import generate, load_reward_fn, read_prompts, render_prompt  # noqa: F401 (re-exported)
 from ..model.loading import load_model, load_tokenizer
 from ..model.scoring import ScoringPath, choose_path
 from ..parallel.comm import resolve_device
 from ..rundir import RunDir
-from ..types import PairLogps, as_text
+from ..types import PairLogps
 
 
 # ------------------------------------------------------------------------------------------------ eval
@@ -132,79 +131,20 @@ def _print_summary(s: dict, *, json_out: bool = False) -> None:
 
 
 # -------------------------------------------------------------------------------------------- generate
-def load_reward_fn(spec: str) -> Callable[[str, str], float]:
-    """'module:function' -> a callable (prompt, completion) -> float. One-argument functions get the completion."""
-    if ":" not in spec:
-        raise ValueError(f"--reward-fn expects module:function, got {spec!r}")
-    mod_name, fn_name = spec.split(":", 1)
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    fn = getattr(importlib.import_module(mod_name), fn_name)
-    try:
-        n_args = len([p for p in inspect.signature(fn).parameters.values()
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty])
-    except (TypeError, ValueError):
-        n_args = 1
-    return (lambda p, c: float(fn(p, c))) if n_args >= 2 else (lambda p, c: float(fn(c)))
-
-
-def read_prompts(path: str) -> list[Any]:
-    """Prompts from .jsonl ({"prompt": text or messages} per line), .json (a list) or plain text (one a line)."""
-    p = Path(path)
-    text = p.read_text(encoding="utf-8")
-    if p.suffix == ".jsonl":
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    elif p.suffix == ".json":
-        rows = json.loads(text)
-    else:
-        return [line for line in text.splitlines() if line.strip()]
-    return [r["prompt"] if isinstance(r, dict) else r for r in rows]
-
-
-def render_prompt(tokenizer, prompt: Any, use_chat_template: bool = True) -> tuple[list[int], str]:
-    """Token ids (and text) of a prompt: through the chat template when the tokenizer has one."""
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-        msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False).input_ids, text
-    prompt = as_text(prompt)
-    return tokenizer(prompt).input_ids, prompt
-
-
-@torch.no_grad()
 def generate_samples(model, tokenizer, prompts: list[Any], *, n: int = 1, max_new_tokens: int = 64,
                      temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
                      batch_size: int = 8, use_chat_template: bool = True,
                      reward_fn: Optional[Callable[[str, str], float]] = None) -> list[dict]:
-    model.eval()
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rendered = [render_prompt(tokenizer, p, use_chat_template) for p in prompts]
-    jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
-    torch.manual_seed(seed)
+    """`tilt generate`'s rows: the sampler of `tilt iterate` (iterate/sampling.py), one row per completion."""
+    groups = generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                      top_p=top_p, top_k=top_k, seed=seed, batch_size=batch_size, use_chat_template=use_chat_template)
     rows = []
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
-        seqs = [rendered[i][0] for i, _ in chunk]
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, s in enumerate(seqs):  # left padding for decoder-only generation
-            ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[r, width - len(s):] = 1
-        kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if temperature > 0 else \
-            dict(do_sample=False)
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **kw)
-        for r, (i, j) in enumerate(chunk):
-            new = gen[r, width:].tolist()
-            if tokenizer.eos_token_id in new:
-                new = new[:new.index(tokenizer.eos_token_id)]
-            completion = tokenizer.decode(new, skip_special_tokens=True)
-            row = {"index": i, "sample": j, "prompt": prompts[i], "completion": completion, "tokens": len(new)}
-            if reward_fn is not None:
-                row["reward"] = reward_fn(rendered[i][1], completion)
-            rows.append(row)
+    for c in (c for g in groups for c in g):
+        row = {"index": c.prompt_index, "sample": c.sample, "prompt": c.prompt, "completion": c.completion,
+               "tokens": len(c.completion_ids) - int(c.finished)}
+        if reward_fn is not None:
+            row["reward"] = reward_fn(c.prompt_text, c.completion)
+        rows.append(row)
     return rows
 
 

@@ -19,6 +19,7 @@ from ..doctor.checks import Finding
 from ..doctor.replay import diagnose_run
 from ..rundir import DATA_STATS, METRICS, PAIR_SCORES, RunDir, is_eval_record
 from ..types import as_text
+from .iterate_report import build_iterate_report, is_iterate_run
 from .report_length import length_section
 
 CHOSEN, REJECTED, NEUTRAL, KL, GRAD, EVAL = "#16a34a", "#dc2626", "#2563eb", "#7c3aed", "#ea580c", "#0f172a"
@@ -338,6 +339,8 @@ def build_report(run_dir, output=None) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
+    if is_iterate_run(run_dir):  # a tilt iterate folder: its rounds' curves, and each round's own page
+        return build_iterate_report(run_dir, output, round_report=build_report)
     out_dir = run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     output = Path(output) if output else out_dir / "report.html"
@@ -407,6 +410,6 @@ def add_cli(subparsers) -> None:
     """`tilt report RUN_DIR [--output FILE.html]`."""
     p = subparsers.add_parser("report", help="HTML dashboard of a run (plots, doctor findings, hardest pairs)",
                               description="Write a self-contained HTML report of RUN_DIR (PNGs in RUN_DIR/report/).")
-    p.add_argument("run_dir", help="a tilt train --output-dir")
+    p.add_argument("run_dir", help="a tilt train (or tilt iterate) --output-dir")
     p.add_argument("--output", "-o", default=None, help="HTML file (default RUN_DIR/report/report.html)")
     p.set_defaults(func=_cmd_report)

@@ -1,4 +1,4 @@
-"""`tilt demo` and `tilt frontier`: DPO on a synthetic controlled-sentiment task, from nothing, on a CPU.
+"""`tilt demo` and `tilt frontier` (`--iterate K`: iterative vs offline DPO): DPO on a synthetic controlled-sentiment task, from nothing, on a CPU.
 
 The miniature of the controlled-sentiment experiment of Rafailov et al. (2023), Fig. 2: see docs/demo.md.
 """
@@ -11,6 +11,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from .frontier import run_frontier
+from .iterative import run_iterative_frontier
 from .pipeline import run_demo
 from .report import summary_text
 
@@ -49,6 +50,11 @@ def add_cli(subparsers) -> None:
     f.add_argument("--steps", type=int, default=None)
     f.add_argument("--plot", default=None, help="also copy the PNG here (e.g. docs/frontier.png)")
     f.add_argument("--threads", type=int, default=1)
+    f.add_argument("--iterate", type=int, default=0, metavar="K",
+                   help="instead: iterative DPO (K rounds of tilt iterate) vs one round of offline DPO on the same "
+                        "prompts, for each --betas (docs/demo.md)")
+    f.add_argument("--prompts-per-round", type=int, default=None, help="with --iterate (default: the demo's 256)")
+    f.add_argument("--epochs", type=float, default=2.0, help="with --iterate: epochs over each round's pairs")
     f.set_defaults(func=run_frontier_cli)
 
 
@@ -65,6 +71,12 @@ def run_frontier_cli(args: argparse.Namespace) -> int:
     _threads(args.threads)
 
     betas = [float(x) for x in args.betas.split(",") if x.strip()]
+    if args.iterate:
+        out = args.output_dir if args.output_dir != "runs/frontier" else "runs/frontier-iterate"
+        run_iterative_frontier(out, rounds=args.iterate, betas=betas, seed=args.seed, quick=args.quick,
+                               prompts_per_round=args.prompts_per_round, epochs=args.epochs,
+                               learning_rate=args.learning_rate, plot_copy=args.plot)
+        return 0
     losses = [x.strip() for x in args.loss_types.split(",") if x.strip()]
     run_frontier(args.output_dir, betas=betas, loss_types=losses, seed=args.seed, quick=args.quick,
                  learning_rate=args.learning_rate, steps=args.steps, plot_copy=args.plot)

@@ -57,13 +57,14 @@ def run_frontier(out_dir: str | Path = "runs/frontier", *, betas=(0.05, 0.1, 0.5
     return result
 
 
-def plot_frontier(result: dict, path: str | Path) -> Path:
+def frontier_axes(result: dict, figsize=(6.4, 4.4)):
+    """A figure with the baselines every frontier plot shows: best-of-N from the SFT model and the SFT model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=figsize)
     bon = result["best_of_n"]
     ax.plot([b["kl"] for b in bon], [b["reward"] for b in bon], "--", color="tab:gray", marker=".",
             label="best-of-N from SFT")
@@ -71,19 +72,25 @@ def plot_frontier(result: dict, path: str | Path) -> Path:
         ax.annotate(f"N={b['n']}", (b["kl"], b["reward"]), fontsize=7, color="tab:gray",
                     textcoords="offset points", xytext=(3, -9))
     ax.scatter([0.0], [result["sft"]["reward"]], marker="*", s=160, color="black", label="SFT (reference)", zorder=4)
-    losses = list(dict.fromkeys(r["loss_type"] for r in result["runs"]))
-    cmap = plt.get_cmap("tab10")
-    for i, loss in enumerate(losses):
-        rows = sorted((r for r in result["runs"] if r["loss_type"] == loss), key=lambda r: r["kl"])
-        ax.errorbar([r["kl"] for r in rows], [r["reward"] for r in rows], xerr=[2 * r["kl_se"] for r in rows],
-                    fmt=_MARKERS.get(loss, "o"), color=cmap(i), label=f"DPO {loss}", zorder=3, capsize=2)
-        for r in rows:
-            ax.annotate(f"β={r['beta']:g}", (r["kl"], r["reward"]), fontsize=7, color=cmap(i),
-                        textcoords="offset points", xytext=(4, 3))
+    return fig, ax
+
+
+def points(ax, rows: list[dict], *, marker: str, color, label: str) -> None:
+    """One method's runs: (KL, reward) with ±2 s.e. of the KL, each labelled with its β."""
+    ax.errorbar([r["kl"] for r in rows], [r["reward"] for r in rows], xerr=[2 * r["kl_se"] for r in rows],
+                fmt=marker, color=color, label=label, zorder=3, capsize=2)
+    for r in rows:
+        ax.annotate(f"β={r['beta']:g}", (r["kl"], r["reward"]), fontsize=7, color=color,
+                    textcoords="offset points", xytext=(4, 3))
+
+
+def save_frontier(fig, ax, path: str | Path, *, title: str, xlabel: str) -> Path:
+    import matplotlib.pyplot as plt
+
     ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlabel("KL(π ‖ π_ref), nats per sequence (sampled; log scale above 1)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("mean reward (#positive − #negative words)")
-    ax.set_title("reward vs KL on the synthetic sentiment task")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -93,3 +100,14 @@ def plot_frontier(result: dict, path: str | Path) -> Path:
     return path
 
 
+def plot_frontier(result: dict, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = frontier_axes(result)
+    losses = list(dict.fromkeys(r["loss_type"] for r in result["runs"]))
+    cmap = plt.get_cmap("tab10")
+    for i, loss in enumerate(losses):
+        rows = sorted((r for r in result["runs"] if r["loss_type"] == loss), key=lambda r: r["kl"])
+        points(ax, rows, marker=_MARKERS.get(loss, "o"), color=cmap(i), label=f"DPO {loss}")
+    return save_frontier(fig, ax, path, title="reward vs KL on the synthetic sentiment task",
+                         xlabel="KL(π ‖ π_ref), nats per sequence (sampled; log scale above 1)")

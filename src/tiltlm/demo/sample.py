@@ -8,6 +8,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ..iterate.sampling import sequence_logps  # noqa: F401 (log pi(y|x) of samples; re-exported)
+
 
 @dataclass
 class Sample:
@@ -70,28 +72,6 @@ def sample(
     finally:
         tokenizer.padding_side = old_side
     return [out[i * n : (i + 1) * n] for i in range(len(prompts))]
-
-
-@torch.no_grad()
-def sequence_logps(model, samples: list[Sample], *, batch_size: int = 256) -> torch.Tensor:
-    """log pi(y|x) = sum over completion tokens of log-softmax, for each sample; shape (N,), float32."""
-    model.eval()
-    out = []
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        rows = [s.prompt_ids + s.completion_ids for s in chunk]
-        width = max(map(len, rows))
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        comp = torch.zeros((len(rows), width), dtype=torch.bool)
-        for r, (s, row) in enumerate(zip(chunk, rows)):
-            ids[r, : len(row)] = torch.tensor(row)
-            mask[r, : len(row)] = 1
-            comp[r, len(s.prompt_ids) : len(row)] = True
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        out.append((logp * comp[:, 1:]).sum(-1))
-    return torch.cat(out) if out else torch.zeros(0)
 
 
 def build_pairs(groups: list[list[Sample]], *, max_pairs_per_prompt: int = 6) -> list[dict]:
