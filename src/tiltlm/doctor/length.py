@@ -16,7 +16,10 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from ..core.metrics import pearson
+import torch
+
+from ..core.metrics import pearson, preference_accuracy
+from .findings import as_number
 
 
 def direction(corr: float) -> str:
@@ -85,18 +88,13 @@ class PairLengthEffect:
 
 
 def _num(row: dict, key: str) -> Optional[float]:
-    v = row.get(key)
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
+    """A finite number from a pair-scores row, else None."""
+    x = as_number(row, key)
+    return x if x is not None and math.isfinite(x) else None
 
 
 def _acc(margins: Sequence[float]) -> float:
-    return sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins) / len(margins)
+    return float(preference_accuracy(torch.tensor(margins, dtype=torch.float64)).mean())
 
 
 def pair_length_effect(rows: Sequence[dict], beta: float, tolerance_frac: float = 0.1,
