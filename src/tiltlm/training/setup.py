@@ -31,6 +31,7 @@ from ..parallel import comm
 from ..parallel.strategy import Replicated
 from ..rundir import DATA_STATS, REFERENCE, SKIPPED, SKIPPED_EVAL, RunDir
 from ..types import PairLogps
+from .length_order import in_length_order
 from .precision import Precision, half_precision_warning
 
 Reference = Callable[[ModelBatch], PairLogps]
@@ -247,7 +248,8 @@ def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, token_
                                                                trust_remote_code=cfg.trust_remote_code,
                                                                attn_implementation=cfg.attn_implementation)
         fp = lora.fingerprint(in_memory_fp or fingerprint(cfg.ref_model or cfg.model, revision), cfg.lora_adapter)
-        score = precision.wrap(functools.partial(_score_with_progress, ref_model, cfg, tokenizer.pad_token_id))
+        score = in_length_order(precision.wrap(functools.partial(_score_with_progress, ref_model, cfg,
+                                                                 tokenizer.pad_token_id)))
         reference, path, _ = cached_reference(score, fp, precision.tag, train_pairs, cache_dir=cfg.ref_cache_dir,
                                               log=log)
         eval_reference = cached_reference(score, fp, precision.tag, eval_pairs, cache_dir=cfg.ref_cache_dir,
