@@ -20,27 +20,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _cast_once(on: bool, s) -> None:
+    """on: the current code (each weight cast once per step); off: the cast per call and per recompute, as before
+    Precision.step_region existed."""
     import contextlib
 
     from tiltlm.training.precision import Precision
 
-    s.precision = Precision(**s.precision.__dict__) if on else _NoStepRegion(**s.precision.__dict__)
-
-
-def _no_step_region_class():
-    from tiltlm.training.precision import Precision
-
-    class NoStepRegion(Precision):
+    class PerCallCasts(Precision):
         def step_region(self):
-            import contextlib
-
             return contextlib.nullcontext()
 
-    return NoStepRegion
+    s.precision = (Precision if on else PerCallCasts)(**s.precision.__dict__)
 
 
-AB = {"cast_once": _cast_once}
-_NoStepRegion = None
+AB = {"cast_once": _cast_once}  # lever name -> fn(on, setup) switching it
 
 
 def main(argv=None) -> int:
@@ -103,8 +96,6 @@ def main(argv=None) -> int:
         return time.perf_counter() - t0
 
     if a.ab:
-        global _NoStepRegion
-        _NoStepRegion = _no_step_region_class()
         one_step(0)
         ab = {False: [], True: []}
         for k in range(2 * a.steps):
