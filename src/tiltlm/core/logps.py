@@ -70,8 +70,10 @@ def logit_transform(config) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
 def _token_logps_chunk(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                        labels: torch.Tensor, transform) -> torch.Tensor:
     # fp32 operands; under autocast (--bf16) the product itself runs in bf16, like the plain path's LM head, and
-    # its result is upcast so logsumexp and the gathered log-prob are always fp32
-    logits = (hidden.float() @ weight.float().t()).float()
+    # its result is upcast so logsumexp and the gathered log-prob are always fp32. linear(), not `@ weight.t()`:
+    # autocast caches its cast of the weight itself but never of a view, so this way the head is cast once per step
+    # (training/precision.py step_region), not once per chunk and again in each chunk's recompute
+    logits = torch.nn.functional.linear(hidden.float(), weight.float()).float()
     if bias is not None:
         logits = logits + bias.float()
     if transform is not None:

@@ -30,6 +30,19 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.compute)
 
+    def step_region(self) -> contextlib.AbstractContextManager:
+        """Around one optimizer step's forwards and backwards (every micro-batch, every checkpoint recompute):
+        one autocast nesting level with autocast itself *off*. Autocast caches its cast of each fp32 weight (a leaf
+        that requires grad) until the outermost autocast region exits, so inside this region each weight is cast
+        to the compute dtype once per step -- a bf16 compute copy beside the fp32 master, as FSDP2's param_dtype
+        keeps one -- instead of once per micro-batch and again in every recompute of a checkpointed block or LM-head
+        chunk. The numbers are the same casts, so nothing changes but their count; gradients still flow through
+        the cast into the fp32 weights' .grad (fp32 accumulation), and what runs outside autocast (the loss) still
+        runs without it. The cache is dropped when the region exits, before the optimizer changes the weights."""
+        if self.compute is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, enabled=False)
+
     def wrap(self, fn: Callable) -> Callable:
         """`fn` run under this precision's autocast (its backward then follows autocast's dtypes)."""
         if self.compute is None:

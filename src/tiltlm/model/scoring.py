@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..core.batching import collate, micro_batches
+from ..core.batching import collate, micro_batches, segment_length
 from ..core.logps import sequence_logps, token_logps
 from ..errors import ConfigError, first_line
 from ..types import PairLogps, TokenizedPair
@@ -79,14 +79,17 @@ class ScoringPath:
     @torch.no_grad()
     def score(self, model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, batch_size: int = 8,
               pad_token_id: int = 0, progress: Optional[Callable[[int], None]] = None) -> PairLogps:
-        """Log-probs of many pairs under `model` (eval mode, no grad), in the order of `pairs`."""
+        """Log-probs of many pairs under `model` (eval mode, no grad), in the order of `pairs`. The pairs are scored
+        longest first, so each batch pads to a near neighbour instead of the longest of a random handful (exact: a
+        pair's log-probs do not depend on which pairs share its batch)."""
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
         by_index: dict[int, tuple] = {}
+        ordered = longest_first(pairs, self.prefix_sharing)  # batches of near neighbours: little padding
         try:
-            for start in range(0, len(pairs), batch_size):
-                part = pairs[start:start + batch_size]
+            for start in range(0, len(ordered), batch_size):
+                part = ordered[start:start + batch_size]
                 for batch in self.micro_batches(part, batch_size=batch_size, pad_token_id=pad_token_id):
                     lp = sequence_logps(self.token_logps(model, batch.to(device)), batch)
                     for k, idx in enumerate(batch.pair_index.tolist()):
@@ -100,6 +103,11 @@ class ScoringPath:
             return PairLogps(z, z, z, z, chosen_tail=z, rejected_tail=z)
         cols = zip(*(by_index[p.index] for p in pairs))
         return PairLogps(**{name: torch.stack(c).float().cpu() for name, c in zip(SCORED, cols)})
+
+
+def longest_first(pairs: Sequence[TokenizedPair], prefix_sharing: bool = True) -> list[TokenizedPair]:
+    """The pairs by row length, longest first (a batch that runs out of memory then does so on its first call)."""
+    return sorted(pairs, key=lambda p: segment_length(p, prefix_sharing), reverse=True)
 
 
 def choose_path(model: torch.nn.Module, pairs: Sequence[TokenizedPair], requested: ScoringPath, *,

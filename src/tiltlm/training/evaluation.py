@@ -16,6 +16,7 @@ from ..model import lora
 from ..rundir import PAIR_SCORES
 from ..types import LossOutput, PairLogps, as_text
 from . import checkpoint as ckpt
+from ..model.scoring import longest_first
 from .model_card import write_model_card
 from .reporting import Reporter
 from .setup import Setup
@@ -33,12 +34,13 @@ def _batches(s: Setup, pairs: list, batch_size: int) -> list:
 def evaluate(s: Setup, hp: LossHParams) -> dict:
     """`eval/...` metrics over the eval pairs; each process evaluates its share, the sums are combined."""
     window = MetricWindow()
-    own = s.strategy.shard(s.eval_pairs)
+    own = longest_first(s.strategy.shard(s.eval_pairs), s.cfg.prefix_sharing)  # sums: the order does not matter
     spare = _batches(s, s.eval_pairs[:1], 1)[0]  # a process without eval pairs may still owe collective calls
-    for batch, real in s.strategy.micro_calls(_batches(s, own, s.cfg.per_device_eval_batch_size), spare=spare):
-        out = forward_pairs(s, batch.to(s.device), hp, s.eval_reference)
-        if real:
-            window.add(*out)
+    with s.precision.step_region():  # each weight cast once for the whole evaluation
+        for batch, real in s.strategy.micro_calls(_batches(s, own, s.cfg.per_device_eval_batch_size), spare=spare):
+            out = forward_pairs(s, batch.to(s.device), hp, s.eval_reference)
+            if real:
+                window.add(*out)
     return {f"eval/{k}": v for k, v in s.strategy.reduce(window).compute().items()}
 
 
@@ -46,13 +48,14 @@ def evaluate(s: Setup, hp: LossHParams) -> dict:
 def pair_scores(s: Setup, hp: LossHParams, limit: int = 64) -> list[dict]:
     """Per-pair numbers under the final policy (eval pairs, else the first `limit` training pairs) for reports.
     (Under FSDP every process scores the same pairs: the forwards are collectives.)"""
-    pairs = s.eval_pairs or s.train_pairs[:limit]
+    pairs = longest_first(s.eval_pairs or s.train_pairs[:limit], s.cfg.prefix_sharing)  # rows sorted by index below
     rows = []
-    for batch in _batches(s, pairs, s.cfg.per_device_eval_batch_size):
-        batch = batch.to(s.device)
-        policy, ref, out = forward_pairs(s, batch, hp, s.eval_reference if s.eval_pairs else None)
-        rows += [score_row(idx, s.examples.get(idx), policy, ref, out, k)
-                 for k, idx in enumerate(batch.pair_index.tolist())]
+    with s.precision.step_region():
+        for batch in _batches(s, pairs, s.cfg.per_device_eval_batch_size):
+            batch = batch.to(s.device)
+            policy, ref, out = forward_pairs(s, batch, hp, s.eval_reference if s.eval_pairs else None)
+            rows += [score_row(idx, s.examples.get(idx), policy, ref, out, k)
+                     for k, idx in enumerate(batch.pair_index.tolist())]
     return sorted(rows, key=lambda r: r["index"])
 
 

@@ -83,7 +83,8 @@ def _train(s: Setup, requested: dict, log) -> dict:
                 t_step = time.perf_counter()
                 hp = loss_hparams(cfg)
                 pairs = step_pairs(s.train_pairs, state.step, pairs_per_step, cfg.seed)
-                step_window, finite = backward_step(s, pairs, hp, loss_scale=state.scaler.scale)
+                with s.precision.step_region():  # each weight cast to the compute dtype once per step
+                    step_window, finite = backward_step(s, pairs, hp, loss_scale=state.scaler.scale)
                 strategy.reduce_gradients(params)  # SUM over processes = the gradient of the whole step
                 state.scaler.unscale_(params)  # fp16: back to true gradients before clipping (else a no-op)
                 step_window = strategy.reduce(step_window)  # every process holds the global sums

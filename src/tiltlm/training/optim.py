@@ -47,8 +47,17 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, total: int):
     precision -- and the LR schedule)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = MasterWeightAdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+                                  eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay, fused=can_fuse(params))
     return params, optimizer, schedule(optimizer, cfg, total)
+
+
+def can_fuse(params: Sequence[torch.nn.Parameter]) -> Optional[bool]:
+    """torch's fused AdamW (one vectorised kernel over each tensor) where it applies: plain (not sharded) fp32 /
+    low-precision tensors on CPU or CUDA. On CPU torch's default is the per-tensor loop of ~10 elementwise ops,
+    each a pass over memory: for SmolLM2-135M that loop took ~2.6 s of a step on a 2-core EPYC, the fused kernel
+    a fraction of it (docs/benchmarks.md, issue 20). Same update rule; None = torch's default choice."""
+    plain = all(not hasattr(p, "placements") and p.device.type in ("cpu", "cuda") for p in params)
+    return True if params and plain else None
 
 
 def is_low_precision(p: torch.Tensor) -> bool:
