@@ -51,7 +51,14 @@ def test_hh_recipe_shortened(tmp_path):
     assert (ran["beta"], ran["learning_rate"], ran["eval_split"], ran["lr_scheduler_type"]) == (0.1, 5e-6, 0.1, "cosine")
     assert (ran["max_steps"], ran["max_length"], ran["bf16"]) == (2, 256, fast_bf16)  # flags beat the recipe
     recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert recs[0]["loss"] == pytest.approx(0.693147, abs=1e-3)  # the real model is its own reference at step 0
+    # the real model is its own reference at step 0: ln 2 up to rounding. In fp32 that is 1e-6 per token; under bf16
+    # autocast the reference pass and the training step batch the pairs differently (other padding, other matmul
+    # shapes), and bf16 rounding then moves a 256-token log-prob by a few hundredths of a nat (measured on this
+    # avx512_bf16 EPYC: step-1 loss 0.6910, 2 pairs): the doctor must still see no reference mismatch
+    assert recs[0]["loss"] == pytest.approx(0.693147, abs=1e-2 if fast_bf16 else 1e-3)
+    findings = [json.loads(l) for l in (out / "doctor.jsonl").read_text().splitlines()] \
+        if (out / "doctor.jsonl").is_file() else []
+    assert not [f for f in findings if f["check"] == "reference_mismatch"], findings
     assert all(r["logps/chosen"] < 0 for r in recs if "logps/chosen" in r)
     valid = json.loads((out / "data_stats.json").read_text())["valid"]
     evals = [r for r in recs if "eval/rewards/accuracies" in r]
