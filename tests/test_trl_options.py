@@ -4,6 +4,7 @@ refusals, `--help`, tool-calling rows and the DPOTrainer face (callbacks, log_hi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -154,8 +155,7 @@ def test_help_says_what_each_option_does_in_the_readme_groups(capsys):
 
 
 def test_tools_column_reaches_the_chat_template(smollm2_tokenizer):
-    tok = smollm2_tokenizer.__class__.from_pretrained(smollm2_tokenizer.name_or_path) \
-        if smollm2_tokenizer.name_or_path else smollm2_tokenizer
+    tok = copy.deepcopy(smollm2_tokenizer)  # the session's tokenizer keeps its own template (it may come from a GGUF)
     tok.chat_template = ("{% if tools %}TOOLS={{ tools | map(attribute='function.name') | join(',') }};{% endif %}"
                          "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}")
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
