@@ -81,27 +81,30 @@ def stateful_mixers(model: torch.nn.Module) -> list[str]:
 
 def layer_rules(model: torch.nn.Module) -> dict[LayerRule, int]:
     """How many attention layers follow each rule (for the log line and the tests)."""
+    return _count(_module_rules(model))
+
+
+def _module_rules(model: torch.nn.Module) -> list[tuple[torch.nn.Module, LayerRule]]:
     config = text_config(model)
+    return [(m, rule) for _, m in attention_modules(model) if (rule := rule_of(m, config)) is not None]
+
+
+def _count(pairs: list[tuple[torch.nn.Module, LayerRule]]) -> dict[LayerRule, int]:
     out: dict[LayerRule, int] = {}
-    for _, m in attention_modules(model):
-        rule = rule_of(m, config)
-        if rule is not None:
-            out[rule] = out.get(rule, 0) + 1
+    for _, rule in pairs:
+        out[rule] = out.get(rule, 0) + 1
     return out
 
 
 def install(model: torch.nn.Module) -> dict[LayerRule, int]:
     """Hook every attention module whose rule is not plain causal attention (idempotent). Returns layer_rules."""
-    rules = layer_rules(model)
-    if getattr(model, _HOOKED, False):
-        return rules
-    config = text_config(model)
-    for _, module in attention_modules(model):
-        rule = rule_of(module, config)
-        if rule is not None and rule != FULL:
-            module.register_forward_pre_hook(_swap_mask(rule), with_kwargs=True)
-    setattr(model, _HOOKED, True)
-    return rules
+    pairs = _module_rules(model)
+    if not getattr(model, _HOOKED, False):
+        for module, rule in pairs:
+            if rule != FULL:
+                module.register_forward_pre_hook(_swap_mask(rule), with_kwargs=True)
+        setattr(model, _HOOKED, True)
+    return _count(pairs)
 
 
 def _swap_mask(rule: LayerRule):

@@ -13,10 +13,10 @@ from ..core.losses import LossHParams
 from ..core.metrics import MetricWindow
 from ..errors import TrainingError, writing
 from ..model import lora
+from ..model.scoring import longest_first
 from ..rundir import PAIR_SCORES
 from ..types import LossOutput, PairLogps, as_text
 from . import checkpoint as ckpt
-from ..model.scoring import longest_first
 from .model_card import write_model_card
 from .reporting import Reporter
 from .setup import Setup
@@ -34,7 +34,7 @@ def _batches(s: Setup, pairs: list, batch_size: int) -> list:
 def evaluate(s: Setup, hp: LossHParams) -> dict:
     """`eval/...` metrics over the eval pairs; each process evaluates its share, the sums are combined."""
     window = MetricWindow()
-    own = longest_first(s.strategy.shard(s.eval_pairs), s.cfg.prefix_sharing)  # sums: the order does not matter
+    own = longest_first(s.strategy.shard(s.eval_pairs), s.path.prefix_sharing)  # sums: the order does not matter
     spare = _batches(s, s.eval_pairs[:1], 1)[0]  # a process without eval pairs may still owe collective calls
     with s.precision.step_region():  # each weight cast once for the whole evaluation
         for batch, real in s.strategy.micro_calls(_batches(s, own, s.cfg.per_device_eval_batch_size), spare=spare):
@@ -48,7 +48,7 @@ def evaluate(s: Setup, hp: LossHParams) -> dict:
 def pair_scores(s: Setup, hp: LossHParams, limit: int = 64) -> list[dict]:
     """Per-pair numbers under the final policy (eval pairs, else the first `limit` training pairs) for reports.
     (Under FSDP every process scores the same pairs: the forwards are collectives.)"""
-    pairs = longest_first(s.eval_pairs or s.train_pairs[:limit], s.cfg.prefix_sharing)  # rows sorted by index below
+    pairs = longest_first(s.eval_pairs or s.train_pairs[:limit], s.path.prefix_sharing)  # rows sorted by index below
     rows = []
     with s.precision.step_region():
         for batch in _batches(s, pairs, s.cfg.per_device_eval_batch_size):

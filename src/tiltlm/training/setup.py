@@ -103,7 +103,7 @@ def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = p
     precision = Precision.of(cfg.dtype, cfg.mixed_precision, device)
     path = choose_path(model, train_pairs, requested_path(cfg, precision), pad_token_id=tokenizer.pad_token_id,
                        log=log)
-    cfg.prefix_sharing, cfg.packing, cfg.chunked_logps = path.prefix_sharing, path.packing, path.chunked
+    record_path(cfg, path)
     if cfg.uses_lora:
         model = lora.apply(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                            target_modules=cfg.lora_target_modules, modules_to_save=cfg.lora_modules_to_save,
@@ -125,6 +125,11 @@ def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = p
     log(f"{strategy.describe()}; {precision.describe()}; log-probs: {path.layout}")
     return Setup(cfg, run, strategy, device, precision, path, tokenizer, model, policy, train_pairs, eval_pairs,
                  examples, reference, eval_reference, inputs)
+
+
+def record_path(cfg: TrainConfig, path: ScoringPath) -> None:
+    """The fast paths the check kept, written back into the options (config.yaml then says what runs)."""
+    cfg.prefix_sharing, cfg.packing, cfg.chunked_logps = path.prefix_sharing, path.packing, path.chunked
 
 
 def requested_path(cfg: TrainConfig, precision: Precision) -> ScoringPath:
@@ -269,7 +274,7 @@ def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, path: 
         checked = choose_path(ref_model, train_pairs, path, pad_token_id=tokenizer.pad_token_id, log=log)
         if checked != path:
             path = checked
-            cfg.prefix_sharing, cfg.packing, cfg.chunked_logps = path.prefix_sharing, path.packing, path.chunked
+            record_path(cfg, path)
             run.write_config(cfg.to_dict())
     if cfg.precompute_ref_log_probs:
         # at step 0 the policy IS the reference (a fresh LoRA adapter is zero; a continued one equals its frozen
