@@ -55,3 +55,18 @@ def tiny_assets(tmp_path_factory, smollm2_tokenizer):
     write_pairs(root / "eval6.jsonl", n=6, seed=1)
     write_pairs(root / "swapped.jsonl", n=16, swap=True)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_tiltlm_cache(tmp_path_factory):
+    """Reference caches and start-up check verdicts of the test session go to a folder of its own, never the
+    user's ~/.cache/tiltlm (subprocesses inherit it through the environment)."""
+    import os
+
+    old = os.environ.get("TILTLM_CACHE")
+    os.environ["TILTLM_CACHE"] = str(tmp_path_factory.mktemp("tiltlm-cache"))
+    yield
+    if old is None:
+        os.environ.pop("TILTLM_CACHE", None)
+    else:
+        os.environ["TILTLM_CACHE"] = old

@@ -165,6 +165,27 @@ def test_sigkill_during_the_final_save_then_resume_finishes_it_bitwise(tiny_asse
     assert not list((tmp_path / "run").glob(".tmp*"))
 
 
+@pytest.mark.slow
+def test_sigkill_before_the_first_checkpoint_then_resume_starts_the_records_over(tiny_assets, tmp_path):
+    """No checkpoint to resume from: the run starts fresh, and the killed run's metrics records go (each step is
+    recorded once, by the run that finished)."""
+    args = train_args(tiny_assets, tmp_path / "run", tmp_path / "cache", "--max-steps", "6", "--save-steps", "0")
+    proc = subprocess.Popen([sys.executable, "-m", "tiltlm.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    metrics, t0 = tmp_path / "run" / "metrics.jsonl", time.time()
+    while not (metrics.exists() and metrics.read_text().count('"loss"') >= 2):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() - t0 < 300
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    p = tilt(*args, "--resume", "auto")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "no checkpoint to resume from; starting fresh" in p.stdout + p.stderr
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"loss"' in line]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
 # ------------------------------------------------------------------------------------------------ two runs
 @pytest.mark.slow
 def test_a_live_run_locks_its_folder_and_a_killed_one_does_not(tiny_assets, tmp_path):

@@ -105,7 +105,10 @@ class TrainConfig:
     # --- speed and memory
     precompute_ref_log_probs: bool = True  # cache reference log-probs once; the reference model is then freed (exact;
         # TRL's default is off)
-    ref_cache_dir: Optional[str] = None  # where the reference cache lives (default: ~/.cache/tiltlm/ref)
+    precompute_ref_batch_size: Optional[int] = None  # pairs per batch of the reference pass (no grad: larger
+        # batches fit); default --per-device-eval-batch-size (TRL's option)
+    ref_cache_dir: Optional[str] = None  # where the reference cache and the start-up check's verdicts live
+        # (default: ~/.cache/tiltlm/ref and ~/.cache/tiltlm/paths)
     prefix_sharing: bool = True  # prompt || chosen || rejected in one row, the prompt computed once (exact)
     packing: bool = False  # several pairs per row, no padding (batch = token budget; exact)
     max_tokens_per_batch: int = 4096  # token budget of one packed micro-batch
@@ -179,8 +182,8 @@ class TrainConfig:
         self._validate_loss_modifiers()
         adopt_trl_values(self)  # TRL values tiltlm runs as something else (each noted in trl_only)
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "max_length", "logps_chunk_size", "max_tokens_per_batch"):
-            if getattr(self, name) < 1:
+                     "max_length", "logps_chunk_size", "max_tokens_per_batch", "precompute_ref_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("logging_steps", "eval_steps", "save_steps", "warmup_steps"):
             if (getattr(self, name) or 0) < 0:

@@ -69,7 +69,6 @@ NOTED: dict[str, Foreign] = {
                                   "buffers, so there are none to ignore"),
     "pad_to_multiple_of": _noted("value", "auto", "rows are padded to the longest of their micro-batch (or packed "
                                  "without padding)"),
-    "precompute_ref_batch_size": _noted("value", None, "the reference pass uses --per-device-eval-batch-size"),
     "activation_offloading": _noted("bool", False, "activations stay on the device; gradient checkpointing (on by "
                                     "default) is tiltlm's activation-memory saver"),
     "router_aux_loss_coef": _noted("value", None, "no Mixture-of-Experts load-balancing loss is added"),

@@ -21,7 +21,7 @@ from ..errors import ConfigError, DataError, TrainingError, first_line
 from ..model.loading import fingerprint, load_model, load_tokenizer
 from ..model.precision import Precision
 from ..model.reference import CachedReference
-from ..model.scoring import choose_path
+from ..model.path_verdict import choose_path_cached
 from ..parallel import comm
 from ..training.api import train
 from ..training.setup import data_options, requested_path
@@ -94,12 +94,14 @@ def run_precompute_ref(args: argparse.Namespace) -> int:
     model = load_model(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
                        revision=cfg.revision)
     # the same scoring path and start-up check as `tilt train`: the table equals the run's own reference pass
-    scoring = choose_path(model, pairs, requested_path(cfg, Precision.of(cfg.dtype, cfg.mixed_precision, device)),
-                          pad_token_id=tokenizer.pad_token_id)
-    logps = scoring.score(model, pairs, batch_size=cfg.per_device_eval_batch_size,
+    fp = fingerprint(cfg.model, cfg.revision)
+    scoring = choose_path_cached(model, pairs, requested_path(cfg, Precision.of(cfg.dtype, cfg.mixed_precision,
+                                                                                device)),
+                                 model_fingerprint=fp, pad_token_id=tokenizer.pad_token_id,
+                                 cache_dir=cfg.ref_cache_dir)
+    logps = scoring.score(model, pairs, batch_size=cfg.precompute_ref_batch_size or cfg.per_device_eval_batch_size,
                           pad_token_id=tokenizer.pad_token_id)
     table = CachedReference([p.index for p in pairs], logps)
-    fp = fingerprint(cfg.model, cfg.revision)
     path = table.save(args.output, metadata={"model": cfg.model, "model_fingerprint": fp, "data": cfg.data,
                                              "max_length": cfg.max_length, "scoring_path": scoring.tag})
     print(f"wrote reference log-probs of {len(pairs)} pairs ({stats.get('truncated', 0)} truncated) to {path}")
@@ -119,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("precompute-ref", help="write reference log-probs of a dataset to a Parquet/JSONL table")
     p.add_argument("--config")
     for name in ("model", "data", "max_length", "max_prompt_length", "dtype", "device", "per_device_eval_batch_size",
-                 "prompt_delimiter", "skip_invalid", "trust_remote_code", "bf16", "fp16", "prefix_sharing", "packing",
+                 "precompute_ref_batch_size", "prompt_delimiter", "skip_invalid", "trust_remote_code", "bf16", "fp16", "prefix_sharing", "packing",
                  "chunked_logps", "logps_chunk_size", "max_tokens_per_batch", *DATA_LAYOUT_OPTIONS):
         if get_type_hints(TrainConfig)[name] is bool:  # --flag, --no-flag, --flag true/false, as in `tilt train`
             p.add_argument(*flag_names(name), dest=name, nargs="?", const="true", default=None, metavar="BOOL")

@@ -170,15 +170,22 @@ def _is_random_rate(name: str, value) -> bool:
 
 
 def fingerprint(path: str, revision: Optional[str] = None) -> str:
-    """Content hash of a model: config + weights (sha256 over file bytes). Used to key the reference cache."""
+    """Content hash of a model: config, weights and any remote code (sha256 over file bytes). Keys the reference
+    cache and the start-up check's verdict. Hashed once per process for unchanged files (a run asks twice)."""
     p = local_path(path, revision)
     files = [p] if p.is_file() else sorted(
-        f for f in p.iterdir() if f.suffix in (".json", ".safetensors", ".bin", ".gguf", ".model")
+        f for f in p.iterdir() if f.suffix in (".json", ".safetensors", ".bin", ".gguf", ".model", ".py")
         and not f.name.startswith("trainer_state"))
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
+    stamp = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if stamp not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(block)
+        _FINGERPRINTS[stamp] = h.hexdigest()[:16]
+    return _FINGERPRINTS[stamp]
+
+
+_FINGERPRINTS: dict[tuple, str] = {}

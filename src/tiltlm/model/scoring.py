@@ -314,3 +314,9 @@ def keep_in_eval(module: torch.nn.Module) -> None:
     """`module` (and its children) stay in eval mode whatever `model.train()` says."""
     module.eval()
     module.train = types.MethodType(lambda self, mode=True: torch.nn.Module.train(self, False), module)
+    module.tiltlm_kept_in_eval = True
+
+
+def kept_in_eval(model: torch.nn.Module) -> list[str]:
+    """The names of the modules `keep_in_eval` pinned (the start-up check's verdict stores them)."""
+    return [name for name, m in model.named_modules() if getattr(m, "tiltlm_kept_in_eval", False)]

@@ -147,6 +147,7 @@ def resume(s: Setup, requested: str, checkpoint_kw: dict, log) -> LoopState | No
     found = ckpt.find_resumable(s.run.checkpoints, requested, log=log)
     if found is None:
         log("no checkpoint to resume from; starting fresh")
+        s.run.truncate_records(after_step=0)  # a run killed before its first checkpoint: its records start over
         return None
     state = LoopState.from_dict(ckpt.load_checkpoint(found, **checkpoint_kw), LossScaler(enabled=s.cfg.fp16))
     s.run.truncate_records(after_step=state.step)

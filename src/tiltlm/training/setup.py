@@ -28,7 +28,8 @@ from ..model.in_memory import adopt, frozen_copy, state_fingerprint
 from ..model.loading import (checkpoint_dtype, fingerprint, load_model, load_tokenizer, with_chat_template,
                              with_pad_token)
 from ..model.reference import LiveReference, cached_reference
-from ..model.scoring import ScoringPath, choose_path
+from ..model.path_verdict import choose_path_cached
+from ..model.scoring import ScoringPath
 from ..parallel import comm
 from ..parallel.strategy import Replicated
 from ..trl_options import notes as trl_notes
@@ -101,8 +102,9 @@ def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = p
     in_memory_fp = state_fingerprint(model) if inputs.model is not None and cached else None
     check_model_fits_pairs(model, [*train_pairs, *eval_pairs], cfg, log)
     precision = Precision.of(cfg.dtype, cfg.mixed_precision, device)
-    path = choose_path(model, train_pairs, requested_path(cfg, precision), pad_token_id=tokenizer.pad_token_id,
-                       log=log)
+    model_fp = fingerprint(cfg.model, cfg.revision) if inputs.model is None else None
+    path = choose_path_cached(model, train_pairs, requested_path(cfg, precision), model_fingerprint=model_fp,
+                              pad_token_id=tokenizer.pad_token_id, log=log, cache_dir=cfg.ref_cache_dir)
     record_path(cfg, path)
     if cfg.uses_lora:
         model = lora.apply(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
@@ -271,7 +273,8 @@ def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, path: 
     if not same_model:
         ref_model = load_model(cfg.ref_model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
                                attn_implementation=cfg.attn_implementation)
-        checked = choose_path(ref_model, train_pairs, path, pad_token_id=tokenizer.pad_token_id, log=log)
+        checked = choose_path_cached(ref_model, train_pairs, path, model_fingerprint=fingerprint(cfg.ref_model),
+                                     pad_token_id=tokenizer.pad_token_id, log=log, cache_dir=cfg.ref_cache_dir)
         if checked != path:
             path = checked
             record_path(cfg, path)
@@ -302,5 +305,5 @@ def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, path: 
 def _score_with_progress(path: ScoringPath, model, cfg: TrainConfig, pad_token_id: int, pairs) -> PairLogps:
     show = cfg.progress and comm.world().is_main
     with tqdm(total=len(pairs), desc="reference log-probs", unit="pair", disable=not show, leave=False) as bar:
-        return path.score(model, pairs, batch_size=cfg.per_device_eval_batch_size, pad_token_id=pad_token_id,
-                          progress=bar.update)
+        return path.score(model, pairs, batch_size=cfg.precompute_ref_batch_size or cfg.per_device_eval_batch_size,
+                          pad_token_id=pad_token_id, progress=bar.update)
