@@ -54,6 +54,11 @@ def test_training_learns_and_saves_a_loadable_model(assets, tmp_path):
         assert (out / name).is_file(), name
     scores = [json.loads(l) for l in (out / "pair_scores.jsonl").read_text().splitlines()]
     assert len(scores) == 8 and all(s["prompt"].startswith("Question") for s in scores)
+    # the pair scores come from the final evaluation's own forwards: their mean loss and accuracy are its metrics
+    assert sum(s["loss"] for s in scores) / 8 == pytest.approx(final["eval/loss"], abs=1e-6)
+    assert sum(s["margin"] > 0 for s in scores) / 8 == pytest.approx(final["eval/rewards/accuracies"], abs=1e-9)
+    evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if "eval/loss" in l]
+    assert [e["step"] for e in evals] == [8]  # evaluated once at the last step
 
 
 def test_precomputed_reference_equals_live_reference(assets, tmp_path):

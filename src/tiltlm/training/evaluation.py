@@ -14,6 +14,7 @@ from ..core.metrics import MetricWindow
 from ..errors import TrainingError, writing
 from ..model import lora
 from ..model.scoring import longest_first
+from ..parallel import comm
 from ..rundir import PAIR_SCORES
 from ..types import LossOutput, PairLogps, as_text
 from . import checkpoint as ckpt
@@ -31,22 +32,30 @@ def _batches(s: Setup, pairs: list, batch_size: int) -> list:
 
 
 @torch.no_grad()
-def evaluate(s: Setup, hp: LossHParams) -> dict:
-    """`eval/...` metrics over the eval pairs; each process evaluates its share, the sums are combined."""
-    window = MetricWindow()
+def evaluate(s: Setup, hp: LossHParams, rows: Optional[list] = None) -> dict:
+    """`eval/...` metrics over the eval pairs; each process evaluates its share, the sums are combined. With `rows`
+    (the final evaluation), every pair's pair_scores record is collected from the same forwards, on every
+    process."""
+    window, mine = MetricWindow(), []
     own = longest_first(s.strategy.shard(s.eval_pairs), s.path.prefix_sharing)  # sums: the order does not matter
     spare = _batches(s, s.eval_pairs[:1], 1)[0]  # a process without eval pairs may still owe collective calls
     with s.precision.step_region():  # each weight cast once for the whole evaluation
         for batch, real in s.strategy.micro_calls(_batches(s, own, s.cfg.per_device_eval_batch_size), spare=spare):
-            out = forward_pairs(s, batch.to(s.device), hp, s.eval_reference)
+            policy, ref, out = forward_pairs(s, batch.to(s.device), hp, s.eval_reference)
             if real:
-                window.add(*out)
+                window.add(policy, ref, out)
+                if rows is not None:
+                    mine += [score_row(idx, s.examples.get(idx), policy, ref, out, k)
+                             for k, idx in enumerate(batch.pair_index.tolist())]
+    if rows is not None:
+        rows += sorted((r for part in comm.gather_objects(mine) for r in part), key=lambda r: r["index"])
     return {f"eval/{k}": v for k, v in s.strategy.reduce(window).compute().items()}
 
 
 @torch.no_grad()
 def pair_scores(s: Setup, hp: LossHParams, limit: int = 64) -> list[dict]:
-    """Per-pair numbers under the final policy (eval pairs, else the first `limit` training pairs) for reports.
+    """Per-pair numbers under the final policy for reports: the first `limit` training pairs of a run without eval
+    pairs (a run with them takes its rows from the final evaluation: `evaluate(..., rows=)`).
     (Under FSDP every process scores the same pairs: the forwards are collectives.)"""
     pairs = longest_first(s.eval_pairs or s.train_pairs[:limit], s.path.prefix_sharing)  # rows sorted by index below
     rows = []
@@ -75,10 +84,12 @@ def score_row(index: int, example, policy: PairLogps, ref: Optional[PairLogps], 
     }
 
 
-def finish_run(s: Setup, report: Reporter, hp: LossHParams, log: Callable, *, step: int, options: dict) -> None:
-    """Write pair_scores.jsonl, run the doctor's end-of-run checks, save the final model and tokenizer with its model
-    card, and mark the run finished (last, so a run killed before it is completed by `--resume auto`)."""
-    scores = pair_scores(s, hp)
+def finish_run(s: Setup, report: Reporter, hp: LossHParams, log: Callable, *, step: int, options: dict,
+               scores: Optional[list[dict]] = None) -> None:
+    """Write pair_scores.jsonl (`scores`: the final evaluation's rows, else scored here), run the doctor's end-of-run
+    checks, save the final model and tokenizer with its model card, and mark the run finished (last, so a run killed
+    before it is completed by `--resume auto`)."""
+    scores = pair_scores(s, hp) if scores is None else scores
     state_dict = s.strategy.full_state_dict(s.model)  # gathered to rank 0 under FSDP (a collective)
     run = s.run
     if not run.writable:

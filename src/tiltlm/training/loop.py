@@ -117,7 +117,7 @@ def _train(s: Setup, requested: dict, log) -> dict:
                             **state.precision_metrics()}
                     report.train_record(last)
                     window = MetricWindow()
-                if s.eval_pairs and eval_every > 0 and state.step % eval_every == 0:
+                if s.eval_pairs and eval_every > 0 and state.step % eval_every == 0 and state.step < steps:
                     last_eval = report.eval_record({"step": state.step, **evaluate(s, hp)})
                 if save_every > 0 and state.step % save_every == 0:
                     save(s, state, checkpoint_kw, log)
@@ -132,9 +132,10 @@ def _train(s: Setup, requested: dict, log) -> dict:
         save(s, state, checkpoint_kw, log)
         log(f"stopped by signal {stop.signal} at step {state.step}; resume with --resume auto")
         return {**last, "interrupted": True}
-    if s.eval_pairs and last_eval.get("step") != state.step:  # not already evaluated at this very step
-        last_eval = report.eval_record({"step": state.step, **evaluate(s, hp)})
-    finish_run(s, report, hp, log, step=state.step, options=requested)
+    scores = [] if s.eval_pairs else None  # the final evaluation's forwards give the pair scores too
+    if s.eval_pairs:
+        last_eval = report.eval_record({"step": state.step, **evaluate(s, hp, rows=scores)})
+    finish_run(s, report, hp, log, step=state.step, options=requested, scores=scores)
     return {**last, **last_eval}
 
 
