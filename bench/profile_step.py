@@ -24,7 +24,7 @@ def _cast_once(on: bool, s) -> None:
     Precision.step_region existed."""
     import contextlib
 
-    from tiltlm.training.precision import Precision
+    from tiltlm.model.precision import Precision
 
     class PerCallCasts(Precision):
         def step_region(self):
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     from tiltlm.parallel import strategy as strategies
     from tiltlm.training.loop import loss_hparams
     from tiltlm.training.optim import build_optimizer
-    from tiltlm.training.precision import DTYPES
+    from tiltlm.model.loading import DTYPES
     from tiltlm.training.setup import open_run_dir, setup
     from tiltlm.training.step import backward_step
 
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         s = setup(cfg, strategy, run, log=lambda *x: None)
     print(f"setup {time.perf_counter() - t:.1f}s", flush=True)
     params, optimizer, _ = build_optimizer(s.model, cfg, 100)
-    hp = loss_hparams(cfg, 0.0)
+    hp = loss_hparams(cfg)
     s.model.train()
 
     cpu = {}
