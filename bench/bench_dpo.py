@@ -41,6 +41,10 @@ CONFIGS = {
     "tiltlm-no-gc": ("tiltlm", {"gradient_checkpointing": False}),
     "tiltlm+packing": ("tiltlm", {"packing": True}),
     "tiltlm+packing-no-gc": ("tiltlm", {"packing": True, "gradient_checkpointing": False}),
+    "tiltlm+compile": ("tiltlm", {"torch_compile": True}),  # compile time is inside the whole-process figures
+    "tiltlm+packing+compile": ("tiltlm", {"packing": True, "torch_compile": True}),
+    "tiltlm-budget-half": ("tiltlm", {"activation_memory_budget": "0.5"}),  # half the no-checkpointing activations
+    "tiltlm+packing-budget-half": ("tiltlm", {"packing": True, "activation_memory_budget": "0.5"}),
     # bf16 mixed precision (fp32 master weights, bf16 autocast) on both sides, like against like
     "trl-bf16": ("trl", {"bf16": True}),
     "trl-bf16-precompute": ("trl", {"bf16": True, "precompute_ref_log_probs": True}),
@@ -50,6 +54,9 @@ CONFIGS = {
     "tiltlm-bf16+packing-no-gc": ("tiltlm", {"bf16": True, "packing": True, "gradient_checkpointing": False}),
     "tiltlm-bf16+packing-chunk256": ("tiltlm", {"bf16": True, "packing": True, "logps_chunk_size": 256}),
     "tiltlm-bf16+packing-chunk4096": ("tiltlm", {"bf16": True, "packing": True, "logps_chunk_size": 4096}),
+    "tiltlm-bf16+compile": ("tiltlm", {"bf16": True, "torch_compile": True}),
+    "tiltlm-bf16+packing+compile": ("tiltlm", {"bf16": True, "packing": True, "torch_compile": True}),
+    "tiltlm-bf16-budget-half": ("tiltlm", {"bf16": True, "activation_memory_budget": "0.5"}),
 }
 
 
