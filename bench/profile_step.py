@@ -3,6 +3,7 @@
     python bench/profile_step.py --bf16 --steps 3                    # s/step of the current code
     python bench/profile_step.py --bf16 --profile 1 --top 25         # + the op table of one step
     python bench/profile_step.py --bf16 --set gradient_checkpointing=false --set packing=true
+    python bench/profile_step.py --set torch_compile=true            # compiled blocks: setup includes the compile
 
 Uses the benchmark's inputs (bench/.cache, built by bench_dpo.py) and tiltlm's own setup and step functions; the
 figures are for choosing between variants run back to back, not for the benchmark tables."""
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     from tiltlm.parallel import strategy as strategies
     from tiltlm.training.loop import loss_hparams
     from tiltlm.training.optim import build_optimizer
-    from tiltlm.training.precision import DTYPES
+    from tiltlm.model.loading import DTYPES
     from tiltlm.training.setup import open_run_dir, setup
     from tiltlm.training.step import backward_step
 
@@ -77,9 +78,9 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     with open_run_dir(cfg) as run:
         s = setup(cfg, strategy, run, log=lambda *x: None)
-    print(f"setup {time.perf_counter() - t:.1f}s", flush=True)
+    print(f"setup {time.perf_counter() - t:.1f}s (torch_compile {cfg.torch_compile})", flush=True)
     params, optimizer, _ = build_optimizer(s.model, cfg, 100)
-    hp = loss_hparams(cfg, 0.0)
+    hp = loss_hparams(cfg)
     s.model.train()
 
     cpu = {}
@@ -112,6 +113,12 @@ def main(argv=None) -> int:
     print(f"s/step {' '.join(f'{x:.2f}' for x in times[1:])} (warm-up {times[0]:.2f}); "
           f"best {min(times[1:]):.2f}; CPU s/step best {min(list(cpu.values())[1:]):.2f}; "
           f"load {os.getloadavg()[0]:.2f}", flush=True)
+    if cfg.torch_compile:
+        from torch._dynamo.utils import counters
+
+        # graphs compiled in all (setup's check included); TORCH_LOGS=recompiles names each recompile's reason
+        print(f"dynamo: {counters['stats']['unique_graphs']} graphs compiled, frames {dict(counters['frames'])}",
+              flush=True)
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
 
