@@ -34,7 +34,21 @@ def _cast_once(on: bool, s) -> None:
     s.precision = (Precision if on else PerCallCasts)(**s.precision.__dict__)
 
 
-AB = {"cast_once": _cast_once}  # lever name -> fn(on, setup) switching it
+def _torch_compile(on: bool, s) -> None:
+    """on: the compiled decoder blocks (run with --set torch_compile=true); off: the same blocks' eager forward, in
+    the same process (the same load on a shared machine)."""
+    blocks = [m for m in s.model.modules() if "forward" in m.__dict__ or m in _COMPILED]
+    for m in blocks:
+        _COMPILED.setdefault(m, m.__dict__.get("forward"))
+        if on:
+            m.forward = _COMPILED[m]
+        else:
+            m.__dict__.pop("forward", None)
+    assert blocks, "--ab torch_compile needs --set torch_compile=true"
+
+
+_COMPILED: dict = {}
+AB = {"cast_once": _cast_once, "torch_compile": _torch_compile}  # lever name -> fn(on, setup) switching it
 
 
 def main(argv=None) -> int:

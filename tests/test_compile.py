@@ -4,6 +4,7 @@ prefix-shared rows, on Llama and on Mistral with a sliding window (whose per-lay
 gradients under gradient checkpointing; LoRA's policy and adapter-off reference are exact compiled; and a real
 `tilt train --torch-compile` run equals the eager run (ln 2 at step 1, the same weights after 2 steps)."""
 
+import copy
 import json
 import math
 
@@ -78,6 +79,8 @@ def test_compiled_blocks_score_as_the_eager_model(kind, backend):
     # one graph per mask kind (plain rows: the model's own causal mask; shared rows: tiltlm's 4D mask), both blocks
     # sharing it, and the second batch's new lengths need no new one (dynamic shapes)
     assert counters["stats"]["unique_graphs"] == 2
+    clone = copy.deepcopy(model)  # an in-memory frozen reference: its blocks run their own weights
+    assert all(b.forward.__self__ is b for b in clone.model.layers)
     compiled_blocks.restore(model)
     assert all("forward" not in m.__dict__ for m in model.model.layers)
 
