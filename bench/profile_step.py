@@ -3,6 +3,7 @@
     python bench/profile_step.py --bf16 --steps 3                    # s/step of the current code
     python bench/profile_step.py --bf16 --profile 1 --top 25         # + the op table of one step
     python bench/profile_step.py --bf16 --set gradient_checkpointing=false --set packing=true
+    python bench/profile_step.py --set torch_compile=true            # compiled blocks: setup includes the compile
 
 Uses the benchmark's inputs (bench/.cache, built by bench_dpo.py) and tiltlm's own setup and step functions; the
 figures are for choosing between variants run back to back, not for the benchmark tables."""
@@ -33,7 +34,21 @@ def _cast_once(on: bool, s) -> None:
     s.precision = (Precision if on else PerCallCasts)(**s.precision.__dict__)
 
 
-AB = {"cast_once": _cast_once}  # lever name -> fn(on, setup) switching it
+def _torch_compile(on: bool, s) -> None:
+    """on: the compiled decoder blocks (run with --set torch_compile=true); off: the same blocks' eager forward, in
+    the same process (the same load on a shared machine)."""
+    blocks = [m for m in s.model.modules() if "forward" in m.__dict__ or m in _COMPILED]
+    for m in blocks:
+        _COMPILED.setdefault(m, m.__dict__.get("forward"))
+        if on:
+            m.forward = _COMPILED[m]
+        else:
+            m.__dict__.pop("forward", None)
+    assert blocks, "--ab torch_compile needs --set torch_compile=true"
+
+
+_COMPILED: dict = {}
+AB = {"cast_once": _cast_once, "torch_compile": _torch_compile}  # lever name -> fn(on, setup) switching it
 
 
 def main(argv=None) -> int:
@@ -77,7 +92,7 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     with open_run_dir(cfg) as run:
         s = setup(cfg, strategy, run, log=lambda *x: None)
-    print(f"setup {time.perf_counter() - t:.1f}s", flush=True)
+    print(f"setup {time.perf_counter() - t:.1f}s (torch_compile {cfg.torch_compile})", flush=True)
     params, optimizer, _ = build_optimizer(s.model, cfg, 100)
     hp = loss_hparams(cfg)
     s.model.train()
@@ -112,6 +127,12 @@ def main(argv=None) -> int:
     print(f"s/step {' '.join(f'{x:.2f}' for x in times[1:])} (warm-up {times[0]:.2f}); "
           f"best {min(times[1:]):.2f}; CPU s/step best {min(list(cpu.values())[1:]):.2f}; "
           f"load {os.getloadavg()[0]:.2f}", flush=True)
+    if cfg.torch_compile:
+        from torch._dynamo.utils import counters
+
+        # graphs compiled in all (setup's check included); TORCH_LOGS=recompiles names each recompile's reason
+        print(f"dynamo: {counters['stats']['unique_graphs']} graphs compiled, frames {dict(counters['frames'])}",
+              flush=True)
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
 

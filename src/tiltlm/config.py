@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .trl_options import (ALIASES, ATTN_KERNELS, SCHEDULERS, STRATEGIES, accelerate_values, adopt_trl_values,
                           all_names, apply_env, apply_trl_only, coerce_value, foreign_kind, normalise, suggest)
 
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")  # --report-to (training/trackers/, one module each)
 
 @dataclass
@@ -119,6 +120,11 @@ class TrainConfig:
     # plain rows; on CPU SDPA with a dense mask. Or force sdpa | eager | flex_attention (CUDA only: no CPU backward).
     attn_implementation: str = "auto"  # auto | sdpa | eager | flex_attention (flash_attention_2/3 run as auto: see
         # docs)
+    torch_compile: bool = False  # torch.compile each decoder block (one graph shared by all blocks, dynamic lengths):
+        # fused elementwise ops, checked exact at start-up; pays when the run is much longer than its compile time
+    torch_compile_backend: str = "inductor"  # torch.compile backend (giving it turns --torch-compile on, as in TRL)
+    torch_compile_mode: Optional[str] = None  # torch.compile mode: default | reduce-overhead | max-autotune (giving it
+        # turns --torch-compile on, as in TRL)
 
     # --- run
     logging_steps: float = 1  # log every N steps (< 1: a fraction of the run); TRL's default is 10, tiltlm's doctor
@@ -196,6 +202,7 @@ class TrainConfig:
         choose("eval_strategy", self.eval_strategy, (None, *STRATEGIES))
         choose("save_strategy", self.save_strategy, STRATEGIES)
         choose("truncation_mode", self.truncation_mode, ("keep_start", "keep_end"))
+        choose("torch_compile_mode", self.torch_compile_mode, COMPILE_MODES)
         self._validate_precision()
         self.report_to = self._trackers()
         self._validate_dist_and_lora()
@@ -361,6 +368,8 @@ def check_given(given: set[str], values: dict[str, Any]) -> None:
         values["trl_only"]["replaced:bf16"] = ("bf16 is off (TRL 1.16 turns it on by default): fp32 compute, "
                                                "which is exact and, on CPUs without bf16 instructions, ~70x faster; "
                                                "--bf16 for TRL's default")
+    if {"torch_compile_backend", "torch_compile_mode"} & given and "torch_compile" not in given:
+        values["torch_compile"] = True  # transformers' TrainingArguments: a backend or mode implies torch_compile
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     lora = sorted(n for n in given if n.startswith("lora_") and n != "lora_adapter" and values[n] != defaults[n])
     if lora and not values.get("use_peft") and not values.get("lora_adapter"):

@@ -40,9 +40,12 @@ def writing(what: str) -> Iterator[None]:
 
 
 def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (library errors can be long), or its type's name."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    """The first line of an exception's message (library errors can be long), or its type's name; with the next
+    line when the first only introduces it (dynamo's "backend='inductor' raised:" and the compiler's error)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 __all__ = ["ConfigError", "DataError", "TrainingError", "writing", "first_line"]

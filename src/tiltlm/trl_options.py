@@ -75,7 +75,6 @@ NOTED: dict[str, Foreign] = {
     "pad_token": _noted("value", None, "deprecated in TRL 1.16; the tokenizer's pad token (or EOS) is used"),
     "logging_strategy": _noted("value", "steps", "tiltlm logs every --logging-steps steps and the last step"),
     "logging_first_step": _noted("bool", False, "step 1 is always logged (the doctor reads it)"),
-    "torch_compile": _noted("bool", False, "the model is not compiled (torch.compile)"),
     "push_to_hub": _noted("bool", False, "nothing is pushed by `tilt train`: the run folder holds the model and its "
                           "card, publish it with `hf upload REPO OUTPUT_DIR` (DPOTrainer.push_to_hub() uploads)"),
     "hub_model_id": _noted("value", None, "used only by DPOTrainer.push_to_hub()"),
@@ -138,7 +137,7 @@ ADAMW_NAMES = ("adamw_torch", "adamw_torch_fused", "adamw_hf")  # torch AdamW un
 # transformers Trainer options with no counterpart in tiltlm's loop (giving one prints that it is not used)
 NO_EFFECT = (
     "optim_args", "optim_target_modules", "average_tokens_across_devices", "label_smoothing_factor",
-    "activation_checkpointing", "activation_checkpointing_kwargs", "torch_compile_backend", "torch_compile_mode",
+    "activation_checkpointing", "activation_checkpointing_kwargs",
     "liger_kernel_config", "use_cache", "torch_empty_cache_steps", "log_on_each_node", "logging_nan_inf_filter",
     "log_level_replica", "logging_dir", "trackio_space_id", "trackio_bucket_id", "trackio_static_space_id",
     "eval_delay", "prediction_loss_only", "eval_do_concat_batches", "eval_use_gather_object", "include_for_metrics",

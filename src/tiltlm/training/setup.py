@@ -24,6 +24,7 @@ from ..data import Columns, available_splits, prepare_dataset
 from ..data.memory import InMemoryRows
 from ..errors import ConfigError
 from ..model import lora
+from ..model.compile import compile_model
 from ..model.in_memory import adopt, frozen_copy, state_fingerprint
 from ..model.loading import (checkpoint_dtype, fingerprint, load_model, load_tokenizer, with_chat_template,
                              with_pad_token)
@@ -113,6 +114,7 @@ def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = p
                            disable_dropout=cfg.trl_only.get("disable_dropout", True), adapter=cfg.lora_adapter,
                            reference_adapter=cfg.sync_ref_model, log=log)
     enable_gradient_checkpointing(model, cfg.gradient_checkpointing, log)
+    cfg.torch_compile = compile_policy(cfg, model, path, train_pairs, tokenizer.pad_token_id, log)
     run.write_config(cfg.to_dict())  # after the start-up decisions: the folder says what actually runs
 
     if (slow := half_precision_warning(precision)) is not None:
@@ -256,6 +258,20 @@ def enable_gradient_checkpointing(model: torch.nn.Module, enabled: bool, log: Ca
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def compile_policy(cfg: TrainConfig, model: torch.nn.Module, path: ScoringPath, pairs: list, pad_token_id: int,
+                   log: Callable) -> bool:
+    """--torch-compile: whether the policy runs compiled (after the eager start-up check, LoRA and checkpointing;
+    before the reference pass, which then runs compiled too)."""
+    if not cfg.torch_compile:
+        return False
+    if cfg.dist == "fsdp" and comm.world().enabled:
+        log("info: torch_compile off: not combined with --dist fsdp yet (FSDP2 swaps each block's parameters "
+            "around its forward); training eager")
+        return False
+    return compile_model(model, path, pairs, backend=cfg.torch_compile_backend, mode=cfg.torch_compile_mode,
+                         pad_token_id=pad_token_id, log=log)
 
 
 def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, path: ScoringPath, train_pairs,
