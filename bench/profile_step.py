@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     from tiltlm.parallel import strategy as strategies
     from tiltlm.training.loop import loss_hparams
     from tiltlm.training.optim import build_optimizer
-    from tiltlm.training.precision import DTYPES
+    from tiltlm.model.loading import DTYPES
     from tiltlm.training.setup import open_run_dir, setup
     from tiltlm.training.step import backward_step
 
@@ -76,10 +77,10 @@ def main(argv=None) -> int:
     strategy = strategies.choose(cfg.dist, cfg.device, cfg.ddp_timeout, compute_dtype=DTYPES.get(cfg.mixed_precision))
     t = time.perf_counter()
     with open_run_dir(cfg) as run:
-        s = setup(cfg, strategy, run, log=lambda *x: None)
+        s = setup(cfg, strategy, run, log=lambda line: print(line) if line.startswith("checkpointing") else None)
     print(f"setup {time.perf_counter() - t:.1f}s", flush=True)
     params, optimizer, _ = build_optimizer(s.model, cfg, 100)
-    hp = loss_hparams(cfg, 0.0)
+    hp = loss_hparams(cfg)
     s.model.train()
 
     cpu = {}
@@ -111,7 +112,8 @@ def main(argv=None) -> int:
     times = [one_step(k) for k in range(a.steps + 1)]
     print(f"s/step {' '.join(f'{x:.2f}' for x in times[1:])} (warm-up {times[0]:.2f}); "
           f"best {min(times[1:]):.2f}; CPU s/step best {min(list(cpu.values())[1:]):.2f}; "
-          f"load {os.getloadavg()[0]:.2f}", flush=True)
+          f"load {os.getloadavg()[0]:.2f}; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB",
+          flush=True)
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
 
