@@ -34,7 +34,15 @@ def _cast_once(on: bool, s) -> None:
     s.precision = (Precision if on else PerCallCasts)(**s.precision.__dict__)
 
 
-AB = {"cast_once": _cast_once}  # lever name -> fn(on, setup) switching it
+def _checkpoint_half(on: bool, s) -> None:
+    """on: the first half of the decoder layers checkpointed (as --activation-memory-budget picks them); off: all."""
+    from tiltlm.model.checkpointing import checkpoint_first, decoder_layers
+
+    n = len(decoder_layers(s.model))
+    checkpoint_first(s.model, n // 2 if on else n)
+
+
+AB = {"cast_once": _cast_once, "checkpoint_half": _checkpoint_half}  # lever name -> fn(on, setup) switching it
 
 
 def main(argv=None) -> int:
@@ -99,10 +107,10 @@ def main(argv=None) -> int:
     if a.ab:
         one_step(0)
         ab = {False: [], True: []}
-        for k in range(2 * a.steps):
+        for k in range(2 * a.steps):  # off then on, each on the same step's pairs (HH pairs vary in length)
             on = k % 2 == 1
             AB[a.ab](on, s)
-            ab[on].append((one_step(k + 1), cpu[k + 1]))
+            ab[on].append((one_step(k // 2 + 1), cpu[k // 2 + 1]))
         for on in (False, True):
             print(f"{a.ab}={'on' if on else 'off'}: s/step {' '.join(f'{x:.2f}' for x, _ in ab[on])}; "
                   f"best {min(x for x, _ in ab[on]):.2f}; CPU s/step best {min(c for _, c in ab[on]):.2f}",

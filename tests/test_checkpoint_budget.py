@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from tiltlm.config import ConfigError, MemoryBudget, load_config, memory_budget
 from tiltlm.core.batching import step_pairs
-from tiltlm.model.checkpointing import ActivationCosts, checkpoint_first, decoder_layers, measure
+from tiltlm.model.checkpointing import (ActivationCosts, budget_bytes, checkpoint_first, decoder_layers, free_memory,
+                                       measure, optimizer_bytes)
 from tiltlm.model.scoring import ScoringPath
 from tiltlm.parallel import strategy
 from tiltlm.training.loop import loss_hparams
@@ -71,6 +72,20 @@ def test_the_budget_picks_how_many_leading_layers_to_checkpoint():
     assert costs.layers_to_checkpoint(135) == 3  # the 4th adds nothing: the recompute of layer 3 is the peak then
     assert costs.layers_to_checkpoint(230) == 2  # some
     assert costs.layers_to_checkpoint(10**12) == 0  # none
+
+
+def test_fractions_and_auto_become_bytes():
+    """A fraction is of what the layers keep without checkpointing; auto is 90% of the free memory less the gradients
+    and AdamW's two moments (fp32 weights: 4 + 8 bytes per trainable parameter)."""
+    model = four_layer_llama()
+    costs = ActivationCosts(saved=(100,) * 4, inputs=(10,) * 4, shared=5)
+    cpu = torch.device("cpu")
+    assert budget_bytes(memory_budget("0.5"), costs, model, cpu) == 202  # half of 405, rounded down
+    assert budget_bytes(memory_budget("3kB"), costs, model, cpu) == 3000
+    n = sum(p.numel() for p in model.parameters())
+    assert optimizer_bytes(model) == 12 * n
+    auto = budget_bytes(memory_budget("auto"), costs, model, cpu, reserved=1000)
+    assert auto == pytest.approx(0.9 * free_memory(cpu) - 12 * n - 1000, rel=0.05)  # free memory moves a little
 
 
 def test_budget_strings_and_one_line_errors():
