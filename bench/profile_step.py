@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -34,6 +35,14 @@ def _cast_once(on: bool, s) -> None:
     s.precision = (Precision if on else PerCallCasts)(**s.precision.__dict__)
 
 
+def _checkpoint_half(on: bool, s) -> None:
+    """on: the first half of the decoder layers checkpointed (as --activation-memory-budget picks them); off: all."""
+    from tiltlm.model.checkpointing import checkpoint_first, decoder_layers
+
+    n = len(decoder_layers(s.model))
+    checkpoint_first(s.model, n // 2 if on else n)
+
+
 def _torch_compile(on: bool, s) -> None:
     """on: the compiled decoder blocks (run with --set torch_compile=true); off: the same blocks' eager forward, in
     the same process (the same load on a shared machine)."""
@@ -48,7 +57,8 @@ def _torch_compile(on: bool, s) -> None:
 
 
 _COMPILED: dict = {}
-AB = {"cast_once": _cast_once, "torch_compile": _torch_compile}  # lever name -> fn(on, setup) switching it
+AB = {"cast_once": _cast_once, "torch_compile": _torch_compile,  # lever name -> fn(on, setup) switching it
+      "checkpoint_half": _checkpoint_half}
 
 
 def main(argv=None) -> int:
@@ -91,7 +101,7 @@ def main(argv=None) -> int:
     strategy = strategies.choose(cfg.dist, cfg.device, cfg.ddp_timeout, compute_dtype=DTYPES.get(cfg.mixed_precision))
     t = time.perf_counter()
     with open_run_dir(cfg) as run:
-        s = setup(cfg, strategy, run, log=lambda *x: None)
+        s = setup(cfg, strategy, run, log=lambda line: print(line) if line.startswith("checkpointing") else None)
     print(f"setup {time.perf_counter() - t:.1f}s (torch_compile {cfg.torch_compile})", flush=True)
     params, optimizer, _ = build_optimizer(s.model, cfg, 100)
     hp = loss_hparams(cfg)
@@ -113,10 +123,10 @@ def main(argv=None) -> int:
     if a.ab:
         one_step(0)
         ab = {False: [], True: []}
-        for k in range(2 * a.steps):
+        for k in range(2 * a.steps):  # off then on, each on the same step's pairs (HH pairs vary in length)
             on = k % 2 == 1
             AB[a.ab](on, s)
-            ab[on].append((one_step(k + 1), cpu[k + 1]))
+            ab[on].append((one_step(k // 2 + 1), cpu[k // 2 + 1]))
         for on in (False, True):
             print(f"{a.ab}={'on' if on else 'off'}: s/step {' '.join(f'{x:.2f}' for x, _ in ab[on])}; "
                   f"best {min(x for x, _ in ab[on]):.2f}; CPU s/step best {min(c for _, c in ab[on]):.2f}",
@@ -126,7 +136,8 @@ def main(argv=None) -> int:
     times = [one_step(k) for k in range(a.steps + 1)]
     print(f"s/step {' '.join(f'{x:.2f}' for x in times[1:])} (warm-up {times[0]:.2f}); "
           f"best {min(times[1:]):.2f}; CPU s/step best {min(list(cpu.values())[1:]):.2f}; "
-          f"load {os.getloadavg()[0]:.2f}", flush=True)
+          f"load {os.getloadavg()[0]:.2f}; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB",
+          flush=True)
     if cfg.torch_compile:
         from torch._dynamo.utils import counters
 

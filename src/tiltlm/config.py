@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, get_type_hints
@@ -116,6 +117,10 @@ class TrainConfig:
     chunked_logps: bool = True  # log-probs from hidden states in chunks, full logits never built (exact)
     logps_chunk_size: int = 1024  # tokens per LM-head chunk
     gradient_checkpointing: bool = True  # recompute each block in backward: -36% peak memory, +16% time (SmolLM2)
+    activation_memory_budget: Optional[str] = None  # with gradient checkpointing: checkpoint only as many leading
+        # layers as needed so that what the layers keep for backward (measured at the longest micro-batch) fits:
+        # a size (2GB, 1500MB, 8GiB), a fraction of the no-checkpointing activations (0.5, torch's meaning of the
+        # name) or auto (free device memory after gradients and AdamW state); unset: every layer
     # auto: on CUDA FlexAttention for prefix-shared/packed rows (masked blocks skipped) and SDPA's causal kernel for
     # plain rows; on CPU SDPA with a dense mask. Or force sdpa | eager | flex_attention (CUDA only: no CPU backward).
     attn_implementation: str = "auto"  # auto | sdpa | eager | flex_attention (flash_attention_2/3 run as auto: see
@@ -204,6 +209,7 @@ class TrainConfig:
         choose("truncation_mode", self.truncation_mode, ("keep_start", "keep_end"))
         choose("torch_compile_mode", self.torch_compile_mode, COMPILE_MODES)
         self._validate_precision()
+        memory_budget(self.activation_memory_budget)
         self.report_to = self._trackers()
         self._validate_dist_and_lora()
         return self
@@ -292,6 +298,35 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """--activation-memory-budget read: exactly one of `bytes` / `fraction` is set, or neither (auto)."""
+    text: str
+    bytes: Optional[int] = None
+    fraction: Optional[float] = None
+
+
+UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+         "tib": 2**40}
+
+
+def memory_budget(value: Any) -> Optional[MemoryBudget]:
+    """'2GB' / '1500MB' / '8GiB' (bytes), '0.5' (a fraction in [0, 1] of the activations kept without
+    checkpointing, as torch._functorch's activation_memory_budget), 'auto'; None for None."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text.lower() == "auto":
+        return MemoryBudget(text="auto")
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)", text.lower())
+    if match and match.group(2) in UNITS:
+        return MemoryBudget(text=text, bytes=int(float(match.group(1)) * UNITS[match.group(2)]))
+    if match and not match.group(2) and float(match.group(1)) <= 1:
+        return MemoryBudget(text=text, fraction=float(match.group(1)))
+    raise ConfigError(f"activation_memory_budget must be a size (2GB, 1500MB, 8GiB), a fraction in [0, 1] of the "
+                      f"activations without checkpointing (0.5) or auto, got {value!r}")
 
 
 def choose(name: str, value: Any, choices: tuple) -> None:

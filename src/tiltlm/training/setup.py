@@ -17,20 +17,21 @@ from typing import Callable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig
+from ..config import TrainConfig, memory_budget
 from ..core.batching import ModelBatch
 from ..core.losses import needs_reference
 from ..data import Columns, available_splits, prepare_dataset
 from ..data.memory import InMemoryRows
 from ..errors import ConfigError
 from ..model import lora
+from ..model.checkpointing import checkpoint_within_budget, largest_micro_batch
 from ..model.compile import compile_model
 from ..model.in_memory import adopt, frozen_copy, state_fingerprint
 from ..model.loading import (checkpoint_dtype, fingerprint, load_model, load_tokenizer, with_chat_template,
                              with_pad_token)
 from ..model.reference import LiveReference, cached_reference
 from ..model.path_verdict import choose_path_cached
-from ..model.scoring import ScoringPath
+from ..model.scoring import ScoringPath, longest_first
 from ..parallel import comm
 from ..parallel.strategy import Replicated
 from ..trl_options import notes as trl_notes
@@ -113,7 +114,7 @@ def setup(cfg: TrainConfig, strategy: Replicated, run: RunDir, log: Callable = p
                            use_rslora=cfg.use_rslora, use_dora=cfg.use_dora,
                            disable_dropout=cfg.trl_only.get("disable_dropout", True), adapter=cfg.lora_adapter,
                            reference_adapter=cfg.sync_ref_model, log=log)
-    enable_gradient_checkpointing(model, cfg.gradient_checkpointing, log)
+    enable_gradient_checkpointing(model, cfg, path, train_pairs, tokenizer.pad_token_id, device, log)
     cfg.torch_compile = compile_policy(cfg, model, path, train_pairs, tokenizer.pad_token_id, log)
     run.write_config(cfg.to_dict())  # after the start-up decisions: the folder says what actually runs
 
@@ -248,16 +249,34 @@ def check_model_fits_pairs(model: torch.nn.Module, pairs: list, cfg: TrainConfig
         log(f"note: --max-length {cfg.max_length} is longer than the model's {context} positions; every pair fits")
 
 
-def enable_gradient_checkpointing(model: torch.nn.Module, enabled: bool, log: Callable) -> None:
-    """Recompute each block in backward (exact: the same forward, run again)."""
-    if not enabled:
+def enable_gradient_checkpointing(model: torch.nn.Module, cfg: TrainConfig, path: ScoringPath, pairs: list,
+                                  pad_token_id: int, device: torch.device, log: Callable) -> None:
+    """Recompute blocks in backward (exact: the same forward, run again): every one, or under
+    --activation-memory-budget the fewest leading ones whose activations at the largest micro-batch fit it."""
+    budget = memory_budget(cfg.activation_memory_budget)
+    if not cfg.gradient_checkpointing:
+        if budget is not None:
+            log("note: --activation-memory-budget is for gradient checkpointing, which is off: no layer is "
+                "checkpointed")
         return
     if not getattr(model, "supports_gradient_checkpointing", False):
         log(f"note: {type(model).__name__} does not support gradient checkpointing; training without it")
-    elif hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        return
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if budget is not None:
+        # the longest pairs one process may get in one step: the largest micro-batch any step can build
+        longest = longest_first(pairs, path.prefix_sharing)[:cfg.per_device_train_batch_size
+                                                             * cfg.gradient_accumulation_steps]
+        batch = largest_micro_batch(path.micro_batches(longest, batch_size=cfg.per_device_train_batch_size,
+                                                       pad_token_id=pad_token_id))
+        live_copy = needs_reference(cfg.loss_type) and not cfg.precompute_ref_log_probs and not (
+            cfg.uses_lora and cfg.ref_model in (None, cfg.model))  # a second model, loaded after this
+        reserved = sum(p.numel() * p.element_size() for p in model.parameters()) if live_copy else 0
+        checkpoint_within_budget(model, batch.to(device), functools.partial(path.token_logps, model), budget, log,
+                                 reserved=reserved)
 
 
 def compile_policy(cfg: TrainConfig, model: torch.nn.Module, path: ScoringPath, pairs: list, pad_token_id: int,
