@@ -37,7 +37,9 @@ CONFIGS = {
     "tiltlm+precompute": ("tiltlm", {**PLAIN, "precompute_ref_log_probs": True}),
     "tiltlm+prefix": ("tiltlm", {**PLAIN, "prefix_sharing": True}),
     "tiltlm+chunked": ("tiltlm", {**PLAIN, "chunked_logps": True}),
-    "tiltlm-default": ("tiltlm", {}),  # precompute + prefix sharing + chunked log-probs + gradient checkpointing
+    # precompute + prefix sharing + chunked log-probs + gradient checkpointing (+ packing on CPU: its default there)
+    "tiltlm-default": ("tiltlm", {}),
+    "tiltlm-padded": ("tiltlm", {"packing": False}),  # padded prefix-shared rows (the CPU default before packing)
     "tiltlm-no-gc": ("tiltlm", {"gradient_checkpointing": False}),
     "tiltlm+packing": ("tiltlm", {"packing": True}),
     "tiltlm+packing-no-gc": ("tiltlm", {"packing": True, "gradient_checkpointing": False}),

@@ -112,7 +112,8 @@ class TrainConfig:
     ref_cache_dir: Optional[str] = None  # where the reference cache and the start-up check's verdicts live
         # (default: ~/.cache/tiltlm/ref and ~/.cache/tiltlm/paths)
     prefix_sharing: bool = True  # prompt || chosen || rejected in one row, the prompt computed once (exact)
-    packing: bool = False  # several pairs per row, no padding (batch = token budget; exact)
+    packing: Optional[bool] = None  # several pairs per row, no padding (batch = token budget; exact); unset: on on
+        # CPU (measured faster and lighter there), off on CUDA until measured (TRL's padding_free: off)
     max_tokens_per_batch: int = 4096  # token budget of one packed micro-batch
     chunked_logps: bool = True  # log-probs from hidden states in chunks, full logits never built (exact)
     logps_chunk_size: int = 1024  # tokens per LM-head chunk

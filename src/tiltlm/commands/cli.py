@@ -121,9 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("precompute-ref", help="write reference log-probs of a dataset to a Parquet/JSONL table")
     p.add_argument("--config")
     for name in ("model", "data", "max_length", "max_prompt_length", "dtype", "device", "per_device_eval_batch_size",
-                 "precompute_ref_batch_size", "prompt_delimiter", "skip_invalid", "trust_remote_code", "bf16", "fp16", "prefix_sharing", "packing",
-                 "chunked_logps", "logps_chunk_size", "max_tokens_per_batch", *DATA_LAYOUT_OPTIONS):
-        if get_type_hints(TrainConfig)[name] is bool:  # --flag, --no-flag, --flag true/false, as in `tilt train`
+                 "precompute_ref_batch_size", "prompt_delimiter", "skip_invalid", "trust_remote_code", "bf16", "fp16",
+                 "prefix_sharing", "packing", "chunked_logps", "logps_chunk_size", "max_tokens_per_batch",
+                 *DATA_LAYOUT_OPTIONS):
+        if get_type_hints(TrainConfig)[name] in (bool, Optional[bool]):  # --flag, --no-flag, --flag true/false
             p.add_argument(*flag_names(name), dest=name, nargs="?", const="true", default=None, metavar="BOOL")
             p.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_const", const="false",
                            help=argparse.SUPPRESS)

@@ -64,13 +64,13 @@ def choose_path_cached(model: torch.nn.Module, pairs: Sequence[TokenizedPair], r
                                log=lambda line: (lines.append(line), log(line)))
     record = {"flags": {f: getattr(path, f) for f in scoring.FAST}, "notes": list(path.notes[len(requested.notes):]),
               "pinned": scoring.kept_in_eval(model), "lines": lines}
+    tmp = file.with_suffix(f".tmp{os.getpid()}")
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, file)
     except OSError:  # a read-only or full cache: the next run checks again, nothing else changes
-        pass
+        tmp.unlink(missing_ok=True)  # never a half-written file left behind
     return path
 
 
