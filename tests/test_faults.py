@@ -218,8 +218,9 @@ def test_two_runs_sharing_a_reference_cache_at_the_same_time(tiny_assets, tmp_pa
     assert [p.returncode for p in procs] == [0, 0], outs
     first = [json.loads((tmp_path / f"run{k}" / "metrics.jsonl").read_text().splitlines()[0]) for k in range(2)]
     assert first[0]["loss"] == first[1]["loss"] and first[0]["logps/chosen"] == first[1]["logps/chosen"]
-    cache = [f for f in (tmp_path / "cache").iterdir()]
-    assert len(cache) == 1 and cache[0].suffix == ".parquet"  # no temporary file left behind
+    cache = sorted(f.name for f in (tmp_path / "cache").iterdir())  # no temporary file left behind by either
+    assert len(cache) == 2 and cache[0].startswith("path-") and cache[0].endswith(".json"), cache  # the verdict
+    assert cache[1].startswith("ref-") and cache[1].endswith(".parquet"), cache
 
 
 def test_a_corrupted_reference_cache_is_detected_and_recomputed(tiny_assets, tmp_path):
