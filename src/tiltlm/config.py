@@ -300,6 +300,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def reference_batch_size(self) -> int:
+        """Pairs per batch of the reference pass: --precompute-ref-batch-size, else the eval batch size (TRL's)."""
+        return self.precompute_ref_batch_size or self.per_device_eval_batch_size
+
 
 @dataclass(frozen=True)
 class MemoryBudget:

@@ -99,7 +99,7 @@ def run_precompute_ref(args: argparse.Namespace) -> int:
                                                                                 device)),
                                  model_fingerprint=fp, pad_token_id=tokenizer.pad_token_id,
                                  cache_dir=cfg.ref_cache_dir)
-    logps = scoring.score(model, pairs, batch_size=cfg.precompute_ref_batch_size or cfg.per_device_eval_batch_size,
+    logps = scoring.score(model, pairs, batch_size=cfg.reference_batch_size,
                           pad_token_id=tokenizer.pad_token_id)
     table = CachedReference([p.index for p in pairs], logps)
     path = table.save(args.output, metadata={"model": cfg.model, "model_fingerprint": fp, "data": cfg.data,

@@ -38,7 +38,7 @@ from ..core.logps import backbone_of
 from ..errors import ConfigError, first_line
 from ..trl_options import suggest
 from . import layer_rules
-from .scoring import TOLERANCE, ScoringPath, check_sample, compare, one_at_a_time
+from .scoring import SAMPLE_SIZE, TOLERANCE, ScoringPath, check_sample, compare, one_at_a_time
 
 _MASK_HOOK = "_tiltlm_compile_mask_hook"  # on a compiled block: its mask hook's handle (restore removes it)
 
@@ -129,7 +129,7 @@ def restore(model: torch.nn.Module) -> None:
 
 
 def verify(model: torch.nn.Module, path: ScoringPath, pairs: Sequence, *, pad_token_id: int = 0,
-           sample_size: int = 2) -> Optional[str]:
+           sample_size: int = SAMPLE_SIZE) -> Optional[str]:
     """None when the compiled `model` scores the check's pairs as one plain forward per sequence (within the fast
     paths' tolerance: eval mode without grad, as the reference pass and evaluation run; train mode with grad, as a
     step runs) and its backward runs; else what went wrong, in a few words. In the weights' dtype, as the start-up

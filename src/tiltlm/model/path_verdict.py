@@ -55,7 +55,7 @@ def choose_path_cached(model: torch.nn.Module, pairs: Sequence[TokenizedPair], r
     `model_fingerprint` None (an in-memory model): the check always runs."""
     if model_fingerprint is None:
         return scoring.choose_path(model, pairs, requested, pad_token_id=pad_token_id, log=log)
-    sample = scoring.check_sample(pairs, 2)
+    sample = scoring.check_sample(pairs, scoring.SAMPLE_SIZE)
     file = Path(cache_dir or default_dir()) / f"path-{verdict_key(model_fingerprint, model, sample, requested)}.json"
     if (path := _reuse(file, model, requested, log)) is not None:
         return path

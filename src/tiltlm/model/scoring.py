@@ -41,6 +41,7 @@ NAMES = {"prefix_sharing": "prefix sharing", "packing": "packing", "chunked": "t
 # per-token agreement required of a fast path, by the dtype the check computes in (the weights' dtype): fp32
 # reduction order moves a log-prob by ~1e-6; bf16/fp16 weights round every layer
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 2e-2}
+SAMPLE_SIZE = 2  # pairs the check runs on: the longest and a seeded one (check_sample)
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def longest_first(pairs: Sequence[TokenizedPair], prefix_sharing: bool = True) -
 
 
 def choose_path(model: torch.nn.Module, pairs: Sequence[TokenizedPair], requested: ScoringPath, *,
-                pad_token_id: int = 0, log: Callable[[str], None] = print, sample_size: int = 2) -> ScoringPath:
+                pad_token_id: int = 0, log: Callable[[str], None] = print, sample_size: int = SAMPLE_SIZE) -> ScoringPath:
     """The exact path for `model`: `requested` with the fast paths that would not equal the plain forward turned off
     (each with one line in `notes`, also logged). Installs the per-layer mask hooks and makes train mode
     deterministic as side effects on `model`."""

@@ -57,12 +57,12 @@ def pair_scores(s: Setup, hp: LossHParams, limit: int = 64) -> list[dict]:
     """Per-pair numbers under the final policy for reports: the first `limit` training pairs of a run without eval
     pairs (a run with them takes its rows from the final evaluation: `evaluate(..., rows=)`).
     (Under FSDP every process scores the same pairs: the forwards are collectives.)"""
-    pairs = longest_first(s.eval_pairs or s.train_pairs[:limit], s.path.prefix_sharing)  # rows sorted by index below
+    pairs = longest_first(s.train_pairs[:limit], s.path.prefix_sharing)  # rows sorted by index below
     rows = []
     with s.precision.step_region():
         for batch in _batches(s, pairs, s.cfg.per_device_eval_batch_size):
             batch = batch.to(s.device)
-            policy, ref, out = forward_pairs(s, batch, hp, s.eval_reference if s.eval_pairs else None)
+            policy, ref, out = forward_pairs(s, batch, hp)
             rows += [score_row(idx, s.examples.get(idx), policy, ref, out, k)
                      for k, idx in enumerate(batch.pair_index.tolist())]
     return sorted(rows, key=lambda r: r["index"])

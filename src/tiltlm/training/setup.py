@@ -347,5 +347,5 @@ def build_reference(cfg: TrainConfig, strategy: Replicated, policy_model, path: 
 def _score_with_progress(path: ScoringPath, model, cfg: TrainConfig, pad_token_id: int, pairs) -> PairLogps:
     show = cfg.progress and comm.world().is_main
     with tqdm(total=len(pairs), desc="reference log-probs", unit="pair", disable=not show, leave=False) as bar:
-        return path.score(model, pairs, batch_size=cfg.precompute_ref_batch_size or cfg.per_device_eval_batch_size,
+        return path.score(model, pairs, batch_size=cfg.reference_batch_size,
                           pad_token_id=pad_token_id, progress=bar.update)
